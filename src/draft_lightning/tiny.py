@@ -1,0 +1,269 @@
+"""A tiny, randomly initialised Stable Diffusion 1.x checkpoint built offline.
+
+Model hubs are unreachable where this project is tested, so no real checkpoint can be
+downloaded. Rather than mocking the loading code, we build a ~3 M parameter model with
+the exact SD 1.x architecture and save it in the exact diffusers folder layout of a real
+checkpoint (model_index.json plus unet/, vae/, text_encoder/, tokenizer/, scheduler/).
+Tests then load it through the very same ``from_pretrained`` path a real checkpoint
+takes, so a bug in that path cannot hide behind a test double.
+
+The tokenizer is the real CLIP BPE tokenizer, rebuilt from the vocabulary file that
+open_clip ships inside its package, so prompts tokenize exactly as with SD 1.x.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+FORMAT_VERSION = 2
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
+VOCAB_SIZE = 49408
+NUM_MERGES = 49152 - 256 - 2  # what CLIP keeps of the BPE file: 48,894 merges
+MAX_LENGTH = 77
+# GroupNorm groups in the UNet and VAE. With one channel per group (32 groups over 32
+# channels) every VAE channel is normalised per image, so decoded brightness cannot depend
+# on the latent and a brightness reward has nothing to learn. 8 groups give 4-8 channels
+# per group, close to real SD (32 groups over 128-512 channels).
+NORM_GROUPS = 8
+
+# SD 1.4's scheduler/scheduler_config.json (it ships PNDM; our loader builds DDIM from it).
+SD_SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "skip_prk_steps": True,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "clip_sample": False,
+}
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """Map every byte to a printable unicode character (the GPT-2 / CLIP convention).
+
+    Printable Latin-1 bytes map to themselves; the rest are shifted past 255 so that BPE
+    never sees whitespace or control characters. The insertion order (printable bytes
+    first, then the others) is the order of the first 256 vocabulary ids.
+    """
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    mapping = {b: chr(b) for b in printable}
+    shift = 0
+    for b in range(256):
+        if b not in mapping:
+            mapping[b] = chr(256 + shift)
+            shift += 1
+    return mapping
+
+
+def _clip_merges() -> list[str]:
+    """The merges CLIP uses, read from open_clip's bundled BPE file (no download)."""
+    from open_clip.tokenizer import default_bpe
+
+    with gzip.open(default_bpe(), "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    merges = lines[1 : NUM_MERGES + 1]  # line 0 is the "#version" header
+    if len(merges) != NUM_MERGES:
+        raise ValueError(f"expected {NUM_MERGES} merges in {default_bpe()}, got {len(merges)}")
+    return merges
+
+
+def write_clip_tokenizer(folder: str | Path) -> Path:
+    """Write SD 1.x's CLIPTokenizer files (vocab, merges, configs) into ``folder``.
+
+    The files must be loaded with ``CLIPTokenizer.from_pretrained(folder)``: transformers 5
+    ignores ``vocab_file=``/``merges_file=`` constructor arguments.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    merges = _clip_merges()
+    symbols = list(bytes_to_unicode().values())
+    tokens = symbols + [s + "</w>" for s in symbols]
+    tokens += [m.replace(" ", "") for m in merges] + [BOS_TOKEN, EOS_TOKEN]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    if len(vocab) != VOCAB_SIZE:
+        raise ValueError(f"CLIP vocab has {len(vocab)} distinct tokens, expected {VOCAB_SIZE}")
+
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text(
+        "#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8"
+    )
+    special = {
+        "bos_token": BOS_TOKEN,
+        "eos_token": EOS_TOKEN,
+        "unk_token": EOS_TOKEN,
+        "pad_token": EOS_TOKEN,
+    }
+    config = {
+        **special,
+        "add_prefix_space": False,
+        "do_lower_case": True,
+        "errors": "replace",
+        "model_max_length": MAX_LENGTH,
+        "tokenizer_class": "CLIPTokenizer",
+    }
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return folder
+
+
+def _check_prediction_type(prediction_type: str) -> None:
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(
+            f"prediction_type must be one of {PREDICTION_TYPES}, not {prediction_type!r}"
+        )
+
+
+def build_components(seed: int = 0, prediction_type: str = "epsilon") -> dict:
+    """Build the pipeline parts in memory (no tokenizer); seeded, so builds are identical.
+
+    Returned separately from :func:`build_tiny_sd` so tests can compare an in-memory
+    model against its saved and reloaded copy.
+    """
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    _check_prediction_type(prediction_type)
+    # fork_rng keeps the caller's global RNG untouched by our seeding.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=16,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=NORM_GROUPS,
+        )
+        # A zero conv_out would make the UNet output identically 0 and kill gradients.
+        # diffusers does not zero it today; guard in case a future version does.
+        if not unet.conv_out.weight.detach().any():
+            torch.nn.init.normal_(unet.conv_out.weight, std=0.02)
+
+        torch.manual_seed(seed + 1)
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=NORM_GROUPS,
+            sample_size=32,
+            scaling_factor=0.18215,
+        )
+
+        torch.manual_seed(seed + 2)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=VOCAB_SIZE,
+                hidden_size=32,
+                intermediate_size=37,
+                num_attention_heads=4,
+                num_hidden_layers=2,
+                max_position_embeddings=MAX_LENGTH,
+                projection_dim=32,
+                pad_token_id=VOCAB_SIZE - 1,  # <|endoftext|>, SD 1.x pads with eos
+                bos_token_id=VOCAB_SIZE - 2,
+                eos_token_id=VOCAB_SIZE - 1,
+            )
+        )
+
+    # from_config (unlike the constructor) keeps clip_sample, which PNDM does not use but
+    # SD 1.4's file carries and DDIM needs (DDIM's own default is clip_sample=True).
+    scheduler = PNDMScheduler.from_config(
+        {**SD_SCHEDULER_CONFIG, "prediction_type": prediction_type}
+    )
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "scheduler": scheduler}
+
+
+def build_tiny_sd(folder: str | Path, seed: int = 0, prediction_type: str = "epsilon") -> Path:
+    """Write a complete SD-1.x-layout pipeline folder with random, seeded weights.
+
+    ``prediction_type="v_prediction"`` gives an SD2-style v-prediction variant.
+    """
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder)
+    parts = build_components(seed, prediction_type)
+    with tempfile.TemporaryDirectory() as tok_dir:
+        tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tok_dir))
+    pipe = StableDiffusionPipeline(
+        **parts,
+        tokenizer=tokenizer,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder)
+    # Replace whatever the tokenizer's own save wrote with SD 1.x's exact file set.
+    shutil.rmtree(folder / "tokenizer")
+    write_clip_tokenizer(folder / "tokenizer")
+    return folder
+
+
+def _cache_root(cache_dir: str | Path | None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get("DRAFT_LIGHTNING_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "draft_lightning"
+
+
+def _folder_name(prediction_type: str) -> str:
+    _check_prediction_type(prediction_type)
+    kind = {"epsilon": "sd1", "v_prediction": "sd2v"}[prediction_type]
+    return f"tiny-{kind}-v{FORMAT_VERSION}"
+
+
+def _publish(tmp: Path, target: Path) -> Path:
+    """Atomically move a finished build into place; if another process won, keep theirs."""
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        if not (target / "model_index.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def tiny_sd_path(cache_dir: str | Path | None = None, prediction_type: str = "epsilon") -> Path:
+    """Return the cached tiny model folder, building it once if it is absent.
+
+    Safe under concurrent callers (DDP ranks, pytest workers): each builds into its own
+    temporary sibling folder and renames it into place, so the folder is only ever seen
+    complete.
+    """
+    root = _cache_root(cache_dir)
+    target = root / _folder_name(prediction_type)
+    if (target / "model_index.json").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
+    try:
+        build_tiny_sd(tmp, prediction_type=prediction_type)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(tmp)
+        raise
+    return _publish(tmp, target)
