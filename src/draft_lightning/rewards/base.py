@@ -1,0 +1,40 @@
+"""The reward contract every scorer follows, so rewards stay ignorant of diffusion."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class Reward(nn.Module):
+    """A frozen, differentiable scorer: images in [0, 1] of shape [B, 3, H, W] and B prompts
+    in, one score per image out (shape [B]). Higher is better.
+
+    Subclasses implement `forward`. The base keeps the module frozen: no parameter trains and
+    `train()` never leaves eval mode (Lightning calls `model.train()` at fit start, which would
+    otherwise switch on dropout inside a reward model).
+    """
+
+    def __init__(self, name: str | None = None) -> None:
+        super().__init__()
+        self.name = name or type(self).__name__.lower()
+
+    def forward(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score(
+        self, images: torch.Tensor, prompts: Sequence[str]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Total score per image and the per-reward parts that make it up (for logging)."""
+        total = self(images, prompts)
+        return total, {self.name: total}
+
+    def freeze(self) -> Reward:
+        """Eval mode and no parameter requiring grad; returns self."""
+        self.requires_grad_(False)
+        return self.train(False)
+
+    def train(self, mode: bool = True) -> Reward:
+        return super().train(False)
