@@ -1,0 +1,211 @@
+"""Loading Stable Diffusion parts (hub id, local folder or the built-in tiny model) and LoRA.
+
+The text encoder and VAE are frozen; the UNet's own weights are frozen too and only the peft
+LoRA adapter attached to it trains.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from draft_lightning.errors import ConfigError, ModelUnavailableError
+
+TINY_PREFIX = "tiny:"
+TINY_MODELS = {"tiny:sd": "epsilon", "tiny:sd-v": "v_prediction"}
+
+# Only what sampling needs: real repos also hold multi-GB single-file checkpoints, fp16 and
+# non-EMA variants, and .bin duplicates of the safetensors weights.
+HUB_PATTERNS = [
+    "model_index.json",
+    "*/config.json",
+    "scheduler/*.json",
+    "tokenizer/*",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/diffusion_pytorch_model.safetensors",
+    "text_encoder/model.safetensors",
+]
+
+
+def resolve_pretrained(name: str) -> Path:
+    """A local diffusers folder for `name`: the tiny model, an existing folder, or a hub id.
+
+    Hub ids are looked up in the local Hugging Face cache first and downloaded only if
+    missing; any failure becomes one line saying what to download and where to put it.
+    """
+    if name in TINY_MODELS:
+        from draft_lightning.tiny import tiny_sd_path
+
+        return tiny_sd_path(prediction_type=TINY_MODELS[name])
+    if name.startswith(TINY_PREFIX):
+        raise ConfigError(
+            f"pretrained_model={name!r} is not a built-in tiny model (choose from "
+            f"{', '.join(TINY_MODELS)})"
+        )
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file() and not (path / "unet").is_dir():
+            raise ConfigError(f"pretrained_model={name!r} is a folder but not a diffusers pipeline")
+        return path
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise ConfigError(
+            f"pretrained_model={name!r} is neither an existing folder nor a hub id like "
+            "'CompVis/stable-diffusion-v1-4'"
+        )
+    return _hub_snapshot(name)
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached: fall through to a download attempt
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        reason = "HF_HUB_OFFLINE is set"
+    else:
+        try:
+            return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
+        except Exception as error:  # noqa: BLE001 - any network or auth failure, reported below
+            reason = type(error).__name__
+    raise ModelUnavailableError(
+        f"model {repo_id!r} is not in the local Hugging Face cache and could not be downloaded "
+        f"({reason}): run `huggingface-cli download {repo_id}` on a machine with access and copy "
+        f"the cache to {_hf_cache_dir()}, or set model.pretrained_model to a local diffusers folder"
+    )
+
+
+def _hf_cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """The LoRA adapter on the UNet (peft).
+
+    Args:
+        rank: LoRA rank r (the paper used 8 for small runs, 32 for large ones).
+        alpha: LoRA alpha; the update is scaled by alpha / rank. None means alpha = rank.
+        target_modules: UNet module names (suffixes) that get an adapter.
+        init: peft's init_lora_weights: "gaussian" (A ~ N(0, 1/r), B = 0) or "default"
+            (Kaiming A, B = 0); either way the adapter starts as the identity.
+        dropout: dropout on the LoRA branch.
+    """
+
+    rank: int = 8
+    alpha: float | None = None
+    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    init: str = "gaussian"
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ConfigError(f"lora.rank={self.rank} must be >= 1")
+        if self.alpha is not None and self.alpha <= 0:
+            raise ConfigError(f"lora.alpha={self.alpha} must be > 0")
+        if self.init not in ("gaussian", "default"):
+            raise ConfigError(f"lora.init={self.init!r} must be 'gaussian' or 'default'")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout={self.dropout} must be in [0, 1)")
+        if not self.target_modules:
+            raise ConfigError("lora.target_modules is empty: name at least one UNet module")
+
+
+@dataclass
+class StableDiffusionParts:
+    """The pieces of a text-to-image pipeline that reward fine-tuning needs."""
+
+    tokenizer: Any
+    text_encoder: nn.Module
+    vae: nn.Module
+    unet: nn.Module
+    scheduler: Any
+    folder: Path
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+def read_configs(folder: Path) -> tuple[dict, dict]:
+    """UNet and VAE configs only (no weights), to validate a run before loading anything."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    return (
+        dict(UNet2DConditionModel.load_config(folder, subfolder="unet")),
+        dict(AutoencoderKL.load_config(folder, subfolder="vae")),
+    )
+
+
+def check_lora_targets(unet_config: dict, target_modules: tuple[str, ...]) -> None:
+    """Refuse target names the UNet does not have, by building its skeleton on the meta device."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        skeleton = UNet2DConditionModel.from_config(unet_config)
+    names = [name for name, _ in skeleton.named_modules()]
+    for target in target_modules:
+        if not any(name == target or name.endswith("." + target) for name in names):
+            raise ConfigError(
+                f"lora.target_modules has {target!r}, which this UNet does not have "
+                "(SD attention layers are to_q, to_k, to_v, to_out.0)"
+            )
+
+
+def vae_scale_factor(vae_config: dict) -> int:
+    return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
+def load_parts(folder: Path, frozen_dtype: torch.dtype = torch.float32) -> StableDiffusionParts:
+    """Load tokenizer, text encoder, VAE, UNet and a DDIM scheduler from a diffusers folder.
+
+    Every frozen part is put in eval mode with requires_grad off. The scheduler is DDIM built
+    from the checkpoint's own scheduler config (SD 1.x ships PNDM; the config values carry over).
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(
+        folder, subfolder="text_encoder", dtype=frozen_dtype
+    )
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=frozen_dtype)
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=frozen_dtype)
+    scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
+    for frozen in (text_encoder, vae, unet):
+        frozen.requires_grad_(False)
+        frozen.eval()
+    return StableDiffusionParts(tokenizer, text_encoder, vae, unet, scheduler, folder)
+
+
+def attach_lora(unet: nn.Module, settings: LoraSettings, adapter_name: str = "default") -> None:
+    """Add a trainable peft LoRA adapter to the frozen UNet; its weights are kept in float32.
+
+    float32 adapter weights keep small updates from vanishing when the frozen weights are
+    stored in bf16/fp16.
+    """
+    from peft import LoraConfig
+
+    config = LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha if settings.alpha is not None else settings.rank,
+        init_lora_weights=settings.init if settings.init == "gaussian" else True,
+        target_modules=list(settings.target_modules),
+        lora_dropout=settings.dropout,
+    )
+    unet.add_adapter(config, adapter_name=adapter_name)
+    for parameter in lora_parameters(unet):
+        parameter.data = parameter.data.float()
+
+
+def lora_parameters(unet: nn.Module) -> list[nn.Parameter]:
+    """The adapter weights: the only parameters that train."""
+    return [p for name, p in unet.named_parameters() if "lora_" in name]

@@ -1,0 +1,240 @@
+"""DraftModule: reward fine-tuning of a Stable Diffusion UNet's LoRA adapter.
+
+training_step follows the paper's Algorithm 1: draw prompts and x_T, sample with the
+estimator's gradient window, decode, score with the (frozen, differentiable) reward, and
+ascend the reward by descending loss = -mean reward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch.utils.checkpoint import checkpoint
+
+from draft_lightning.errors import ConfigError
+from draft_lightning.estimators import DraftLV, Estimator
+from draft_lightning.models import (
+    LoraSettings,
+    attach_lora,
+    check_lora_targets,
+    load_parts,
+    lora_parameters,
+    read_configs,
+    resolve_pretrained,
+    vae_scale_factor,
+)
+from draft_lightning.rewards import Reward
+from draft_lightning.sampling import DDIMSampler, PromptEncoder, SamplingSettings
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def paper_adamw(params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
+    """AdamW with the settings reported for DRaFT's small runs."""
+    return torch.optim.AdamW(params, lr=4e-4, betas=(0.9, 0.999), weight_decay=0.1)
+
+
+class DraftModule(LightningModule):
+    """Fine-tune a LoRA adapter on a Stable Diffusion UNet by backpropagating a reward through
+    the sampling chain (DRaFT, DRaFT-K, DRaFT-LV, AlignProp, ReFL: see `estimator`).
+
+    Args:
+        reward: the frozen differentiable reward to maximise (a `Reward`; `WeightedSum` mixes
+            several).
+        pretrained_model: hub id (e.g. CompVis/stable-diffusion-v1-4), a local diffusers
+            folder, or a built-in tiny model ("tiny:sd", "tiny:sd-v") for CPU runs and tests.
+        estimator: where the gradient flows: Draft, DraftK, DraftLV, RandomTruncation, ReFL.
+        sampling: DDIM steps, guidance, eta and resolution.
+        lora: the LoRA adapter on the UNet.
+        optimizer: builds the optimiser over the LoRA weights; default AdamW(lr=4e-4,
+            betas=(0.9, 0.999), weight_decay=0.1) as in the paper.
+        lr_scheduler: optional learning-rate schedule, stepped every optimiser step.
+        gradient_checkpointing: recompute each differentiated UNet call in the backward pass
+            instead of storing its activations.
+        checkpoint_decode: the same for the VAE decode.
+        frozen_dtype: storage dtype of the frozen text encoder, VAE and UNet weights
+            (the LoRA weights stay float32).
+        seed: seeds the per-step noise generators (with the global step and the rank).
+    """
+
+    def __init__(
+        self,
+        reward: Reward,
+        pretrained_model: str = "CompVis/stable-diffusion-v1-4",
+        estimator: Estimator | None = None,
+        sampling: SamplingSettings | None = None,
+        lora: LoraSettings | None = None,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        gradient_checkpointing: bool = True,
+        checkpoint_decode: bool = True,
+        frozen_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.estimator = estimator if estimator is not None else DraftLV()
+        self.sampling = sampling if sampling is not None else SamplingSettings()
+        self.lora = lora if lora is not None else LoraSettings()
+        if frozen_dtype not in DTYPES:
+            raise ConfigError(f"frozen_dtype={frozen_dtype!r} must be one of {', '.join(DTYPES)}")
+        if not isinstance(reward, Reward):
+            raise ConfigError(f"reward={type(reward).__name__} is not a draft_lightning Reward")
+        self.estimator.check(self.sampling.num_steps)
+
+        # Validate against the checkpoint's configs before any weights load.
+        folder = resolve_pretrained(pretrained_model)
+        unet_config, vae_config = read_configs(folder)
+        factor = vae_scale_factor(vae_config)
+        if self.sampling.resolution % factor:
+            raise ConfigError(
+                f"sampling.resolution={self.sampling.resolution} is not divisible by the VAE's "
+                f"downsampling factor {factor}"
+            )
+        check_lora_targets(unet_config, self.lora.target_modules)
+
+        parts = load_parts(folder, DTYPES[frozen_dtype])
+        attach_lora(parts.unet, self.lora)
+        self.unet = parts.unet
+        self.vae = parts.vae
+        self.prompt_encoder = PromptEncoder(parts.tokenizer, parts.text_encoder)
+        self.sampler = DDIMSampler(
+            parts.unet, parts.scheduler, self.sampling, gradient_checkpointing
+        )
+        self.latent_shape = (
+            unet_config["in_channels"],
+            self.sampling.resolution // factor,
+            self.sampling.resolution // factor,
+        )
+        self.reward = reward.freeze()
+        self.checkpoint_decode = checkpoint_decode
+        self.optimizer_factory: Callable = optimizer or paper_adamw
+        self.lr_scheduler_factory = lr_scheduler
+        self.seed = seed
+        # Checkpoints hold only the trainable LoRA weights (see on_save_checkpoint).
+        self.strict_loading = False
+
+    # --- the algorithm -------------------------------------------------------------------
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        prompts = batch["prompts"]
+        generator = self.step_generator(batch_idx)
+        text = self.prompt_encoder.condition(prompts, self.sampling.guidance_scale)
+        noise = self.initial_noise(len(prompts), generator)  # x_T ~ N(0, I)
+        latents = self.estimator.sample(self.sampler, noise, text, generator)
+        images = self.decode(latents)
+        copies = latents.shape[0] // len(prompts)
+        reward, parts = self.reward.score(images, list(prompts) * copies)
+        loss = -reward.mean()
+        self.log_rewards("train", reward, parts, batch_size=len(prompts))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(prompts))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.evaluate("val", batch)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.evaluate("test", batch)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        images = self.generate(batch["prompts"], batch["seeds"])
+        return {"prompts": batch["prompts"], "seeds": batch["seeds"], "images": images.cpu()}
+
+    # --- pieces ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
+        """Images in [0, 1] for prompts and per-image seeds, with no gradient anywhere."""
+        text = self.prompt_encoder.condition(prompts, self.sampling.guidance_scale)
+        noise = torch.stack(
+            [
+                torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(int(s)))
+                for s in seeds
+            ]
+        ).to(self.device)
+        generator = torch.Generator().manual_seed(int(seeds[0]))
+        result = self.sampler.sample(noise, text, self.sampler.num_steps, generator)
+        return self.decode(result.latents)
+
+    def evaluate(self, stage: str, batch: dict) -> None:
+        images = self.generate(batch["prompts"], batch["seeds"])
+        reward, parts = self.reward.score(images, batch["prompts"])
+        self.log_rewards(stage, reward, parts, batch_size=len(batch["prompts"]))
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """VAE decode to images in [0, 1]; checkpointed when gradient flows through it."""
+        if torch.is_grad_enabled() and self.checkpoint_decode:
+            return checkpoint(self._decode, latents, use_reentrant=False)
+        return self._decode(latents)
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        scaled = latents / self.vae.config.scaling_factor
+        images = self.vae.decode(scaled.to(self.vae.dtype)).sample
+        return (images.float() / 2 + 0.5).clamp(0, 1)
+
+    def initial_noise(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        noise = torch.randn((batch, *self.latent_shape), generator=generator)
+        return noise.to(self.device)
+
+    def step_generator(self, batch_idx: int) -> torch.Generator:
+        """A CPU generator seeded by (seed, global step, micro-batch, rank): reproducible runs,
+        distinct noise on every rank and every accumulated micro-batch."""
+        accumulate = self.trainer.accumulate_grad_batches if self._trainer else 1
+        entropy = [self.seed, self.global_step, batch_idx % accumulate, self.global_rank]
+        state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
+        return torch.Generator().manual_seed(int(state))
+
+    def log_rewards(
+        self, stage: str, reward: torch.Tensor, parts: dict[str, torch.Tensor], batch_size: int
+    ) -> None:
+        on_step = stage == "train"
+        self.log(
+            f"{stage}/reward",
+            reward.mean(),
+            prog_bar=True,
+            sync_dist=True,
+            on_step=on_step,
+            on_epoch=not on_step,
+            batch_size=batch_size,
+        )
+        for name, scores in parts.items():
+            self.log(
+                f"{stage}/reward/{name}",
+                scores.mean(),
+                sync_dist=True,
+                on_step=on_step,
+                on_epoch=not on_step,
+                batch_size=batch_size,
+            )
+
+    # --- optimisation ------------------------------------------------------------------------
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return lora_parameters(self.unet)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.trainable_parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for p in self.trainable_parameters() if p.grad is not None]
+        if grads:
+            norm = torch.nn.utils.get_total_norm(grads)
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep only trainable weights; frozen SD and reward weights reload from their source."""
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if k in trainable
+        }

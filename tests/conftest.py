@@ -1,0 +1,39 @@
+"""Shared fixtures: every test runs on the tiny SD model, built once into a repo-local cache
+and loaded through the same from_pretrained path a real checkpoint uses."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Set before anything imports draft_lightning.tiny, and inherited by CLI subprocesses.
+os.environ.setdefault("DRAFT_LIGHTNING_CACHE", str(ROOT / ".cache" / "draft_lightning"))
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd() -> Path:
+    from draft_lightning.tiny import tiny_sd_path
+
+    return tiny_sd_path()
+
+
+def make_module(**overrides):
+    """A DraftModule on the tiny model with small, fast sampling settings."""
+    from draft_lightning.estimators import DraftK
+    from draft_lightning.module import DraftModule
+    from draft_lightning.rewards import Colorfulness
+    from draft_lightning.sampling import SamplingSettings
+
+    kwargs = dict(
+        reward=Colorfulness(),
+        pretrained_model="tiny:sd",
+        estimator=DraftK(1),
+        sampling=SamplingSettings(num_steps=4, guidance_scale=3.0, resolution=32),
+    )
+    kwargs.update(overrides)
+    return DraftModule(**kwargs)
