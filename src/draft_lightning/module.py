@@ -14,7 +14,9 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
 from torch.utils.checkpoint import checkpoint
+from torchmetrics import MeanMetric
 
 from draft_lightning.errors import ConfigError
 from draft_lightning.estimators import DraftLV, Estimator
@@ -111,6 +113,11 @@ class DraftModule(LightningModule):
             self.sampling.resolution // factor,
         )
         self.reward = reward.freeze()
+        # Validation/test rewards: torchmetrics averages over every sample of every rank.
+        self.eval_metrics = nn.ModuleDict(
+            {"reward": MeanMetric(), **{f"reward/{n}": MeanMetric() for n in reward.part_names}}
+        )
+        self.eval_history: list[tuple[int, dict[str, float]]] = []
         self.checkpoint_decode = checkpoint_decode
         self.optimizer_factory: Callable = optimizer or paper_adamw
         self.lr_scheduler_factory = lr_scheduler
@@ -130,7 +137,7 @@ class DraftModule(LightningModule):
         copies = latents.shape[0] // len(prompts)
         reward, parts = self.reward.score(images, list(prompts) * copies)
         loss = -reward.mean()
-        self.log_rewards("train", reward, parts, batch_size=len(prompts))
+        self.log_rewards(reward, parts, batch_size=len(prompts))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(prompts))
         return loss
 
@@ -163,7 +170,35 @@ class DraftModule(LightningModule):
     def evaluate(self, stage: str, batch: dict) -> None:
         images = self.generate(batch["prompts"], batch["seeds"])
         reward, parts = self.reward.score(images, batch["prompts"])
-        self.log_rewards(stage, reward, parts, batch_size=len(batch["prompts"]))
+        self.eval_metrics["reward"].update(reward)
+        for name, scores in parts.items():
+            self.eval_metrics[f"reward/{name}"].update(scores)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_evaluation("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_evaluation("test")
+
+    def log_evaluation(self, stage: str) -> None:
+        """Log the synced means; a full sanity-check pass is the base model's score at step 0."""
+        values = {f"{stage}/{k}": m.compute() for k, m in self.eval_metrics.items()}
+        for metric in self.eval_metrics.values():
+            metric.reset()
+        if self.trainer.sanity_checking:
+            # Lightning discards metrics logged during the sanity check; when that check ran
+            # the whole validation set (num_sanity_val_steps=-1) it is the base model's
+            # validation, which a reward curve needs as its first point.
+            if self.trainer.num_sanity_val_steps != float("inf"):
+                return
+            if self.logger is not None:
+                self.logger.log_metrics({k: float(v) for k, v in values.items()}, self.global_step)
+        else:
+            total = values.pop(f"{stage}/reward")
+            self.log(f"{stage}/reward", total, prog_bar=True)
+            self.log_dict(values)
+            values[f"{stage}/reward"] = total
+        self.eval_history.append((self.global_step, {k: float(v) for k, v in values.items()}))
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """VAE decode to images in [0, 1]; checkpointed when gradient flows through it."""
@@ -189,27 +224,14 @@ class DraftModule(LightningModule):
         return torch.Generator().manual_seed(int(state))
 
     def log_rewards(
-        self, stage: str, reward: torch.Tensor, parts: dict[str, torch.Tensor], batch_size: int
+        self, reward: torch.Tensor, parts: dict[str, torch.Tensor], batch_size: int
     ) -> None:
-        on_step = stage == "train"
+        """train/reward (weighted total) and train/reward/<name>, averaged over all ranks."""
         self.log(
-            f"{stage}/reward",
-            reward.mean(),
-            prog_bar=True,
-            sync_dist=True,
-            on_step=on_step,
-            on_epoch=not on_step,
-            batch_size=batch_size,
+            "train/reward", reward.mean(), prog_bar=True, sync_dist=True, batch_size=batch_size
         )
         for name, scores in parts.items():
-            self.log(
-                f"{stage}/reward/{name}",
-                scores.mean(),
-                sync_dist=True,
-                on_step=on_step,
-                on_epoch=not on_step,
-                batch_size=batch_size,
-            )
+            self.log(f"train/reward/{name}", scores.mean(), sync_dist=True, batch_size=batch_size)
 
     # --- optimisation ------------------------------------------------------------------------
 

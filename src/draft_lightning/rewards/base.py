@@ -24,6 +24,11 @@ class Reward(nn.Module):
     def forward(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         raise NotImplementedError
 
+    @property
+    def part_names(self) -> list[str]:
+        """Keys of the dict that `score()` returns, in order."""
+        return [self.name]
+
     def score(
         self, images: torch.Tensor, prompts: Sequence[str]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

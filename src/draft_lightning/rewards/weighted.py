@@ -44,7 +44,7 @@ class WeightedSum(Reward):
         for w in weights:
             if not math.isfinite(w):
                 raise ValueError(f"weights must be finite, got {w} in {weights}")
-        names = [n for r in rewards for n in _part_names(r)]
+        names = [n for r in rewards for n in r.part_names]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"reward names must be unique, got duplicates {dupes} in {names}")
@@ -54,7 +54,7 @@ class WeightedSum(Reward):
     @property
     def part_names(self) -> list[str]:
         """Keys of the dict returned by `score()`, in order."""
-        return [n for r in self.rewards for n in _part_names(r)]
+        return [n for r in self.rewards for n in r.part_names]
 
     def forward(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         pairs = zip(self.weights, self.rewards, strict=True)
@@ -89,7 +89,3 @@ class WeightedSum(Reward):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, weights={self.weights}"
-
-
-def _part_names(reward: Reward) -> list[str]:
-    return reward.part_names if isinstance(reward, WeightedSum) else [reward.name]
