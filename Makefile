@@ -1,0 +1,29 @@
+# The few commands people type. `make test` and `make demo` work on a fresh machine:
+# they create .venv and install the project with the pinned torch pair first.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	$(BIN)/pytest
+
+demo: install
+	$(BIN)/lightning fit --config configs/draft_lv.yaml --config configs/cpu_tiny.yaml
+
+lint: install
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+clean:
+	rm -rf $(VENV) .cache runs lightning_logs .pytest_cache .ruff_cache
