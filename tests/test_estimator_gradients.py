@@ -207,3 +207,40 @@ def test_refl_matches_reference(module):
         return ref.loss_from_latents(x0, PROMPTS)
 
     assert_same_gradient(ours, reference_grad(module, loss_fn))
+
+
+def test_draft_plus_penalty_matches_reference(module):
+    """DRaFT+ (kl_coeff > 0) with DRaFT-K, K = 2: the penalty averages
+    ||eps_lora - eps_base||^2 over the differentiated steps, base = adapters disabled."""
+    kl_coeff = 50.0
+    module.kl_coeff = kl_coeff
+    try:
+        ours = training_step_grad(module, DraftK(2))
+    finally:
+        module.kl_coeff = 0.0
+
+    def loss_fn():
+        ref = Reference(module)
+        noise, _ = noise_and_generator(module)
+        rows = [0, 1]
+        steps = len(ref.timesteps)
+        x = noise
+        penalties = []
+        for i in range(steps):
+            if i == steps - 2:
+                x = x.detach()
+            t = ref.timesteps[i]
+            eps = ref.eps(x, t, rows)
+            if i >= steps - 2:
+                module.unet.disable_adapters()
+                with torch.no_grad():
+                    base = ref.eps(x, t, rows)
+                module.unet.enable_adapters()
+                penalties.append(((eps - base) ** 2).mean())
+            x = ref.scheduler.step(eps, t, x).prev_sample
+        reward_loss = ref.loss_from_latents(x, PROMPTS)
+        return reward_loss + kl_coeff * torch.stack(penalties).mean()
+
+    assert_same_gradient(ours, reference_grad(module, loss_fn))
+    without_penalty = training_step_grad(module, DraftK(2))
+    assert not torch.allclose(ours[1], without_penalty[1], rtol=1e-3), "penalty had no effect"

@@ -209,3 +209,79 @@ def attach_lora(unet: nn.Module, settings: LoraSettings, adapter_name: str = "de
 def lora_parameters(unet: nn.Module) -> list[nn.Parameter]:
     """The adapter weights: the only parameters that train."""
     return [p for name, p in unet.named_parameters() if "lora_" in name]
+
+
+LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+
+
+def save_lora(unet: nn.Module, folder: Path, adapter_name: str = "default") -> Path:
+    """Write the adapter in diffusers' format, with its metadata, atomically.
+
+    The metadata (lora_alpha, rank, targets) must travel with the weights: without it
+    diffusers assumes alpha = rank and a run trained with alpha != rank loads silently wrong.
+    The folder is written beside its final place and renamed into it, so a reader never
+    sees a half-written adapter.
+    """
+    import shutil
+    import tempfile
+
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    state = get_peft_model_state_dict(unet, adapter_name=adapter_name)
+    state = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+    metadata = unet.peft_config[adapter_name].to_dict()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        StableDiffusionPipeline.save_lora_weights(
+            tmp,
+            unet_lora_layers=convert_state_dict_to_diffusers(state),
+            unet_lora_adapter_metadata=metadata,
+            weight_name=LORA_WEIGHTS_NAME,
+        )
+        old = None
+        if folder.exists():
+            old = folder.parent / f".{folder.name}.old-{os.getpid()}"
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def load_lora(unet: nn.Module, folder: str | Path, adapter_name: str) -> None:
+    """Load an exported adapter (our export or any diffusers-format SD LoRA) under a name."""
+    folder = Path(folder).expanduser()
+    weights = folder / LORA_WEIGHTS_NAME
+    if not weights.is_file():
+        raise ConfigError(f"adapter folder {str(folder)!r} has no {LORA_WEIGHTS_NAME}")
+    from safetensors.torch import load_file
+
+    state = load_file(weights)
+    prefix = "unet."
+    state = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
+    try:
+        unet.load_lora_adapter(
+            str(folder),
+            weight_name=LORA_WEIGHTS_NAME,
+            adapter_name=adapter_name,
+            prefix="unet",
+        )
+    except Exception as error:  # noqa: BLE001 - peft/diffusers raise many types on a mismatch
+        raise ConfigError(
+            f"adapter {str(folder)!r} does not fit this UNet ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:200]})"
+        ) from error
+    loaded = {name for name, _ in unet.named_parameters() if f".{adapter_name}." in name}
+    if not loaded or len(loaded) < len(state):
+        unet.delete_adapters(adapter_name)
+        raise ConfigError(
+            f"adapter {str(folder)!r} does not fit this UNet: {len(state)} tensors in the file, "
+            f"{len(loaded)} loaded"
+        )

@@ -8,6 +8,7 @@ ascend the reward by descending loss = -mean reward.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from typing import Literal
 
 import numpy as np
@@ -24,6 +25,7 @@ from draft_lightning.models import (
     LoraSettings,
     attach_lora,
     check_lora_targets,
+    load_lora,
     load_parts,
     lora_parameters,
     read_configs,
@@ -31,6 +33,7 @@ from draft_lightning.models import (
     vae_scale_factor,
 )
 from draft_lightning.rewards import Reward
+from draft_lightning.rng import gather_rng_states, restore_rng_states
 from draft_lightning.sampling import DDIMSampler, PromptEncoder, SamplingSettings
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -62,6 +65,14 @@ class DraftModule(LightningModule):
         frozen_dtype: storage dtype of the frozen text encoder, VAE and UNet weights
             (the LoRA weights stay float32).
         seed: seeds the per-step noise generators (with the global step and the rank).
+        kl_coeff: DRaFT+ regulariser weight: adds kl_coeff * mean ||eps_lora - eps_base||^2
+            over the differentiated steps (base = the same UNet with adapters disabled),
+            against reward hacking and loss of diversity. 0 turns it off.
+        lora_scale: strength of the trained adapter when generating for predict, validate
+            and test (any real number: 0 is the base model, above 1 extrapolates).
+        adapters: exported adapter folders to generate with instead of the trained one
+            (predict/validate/test), mixed linearly with `adapter_weights`.
+        adapter_weights: one weight per folder in `adapters` (default: all `lora_scale`).
     """
 
     def __init__(
@@ -77,6 +88,10 @@ class DraftModule(LightningModule):
         checkpoint_decode: bool = True,
         frozen_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         seed: int = 0,
+        kl_coeff: float = 0.0,
+        lora_scale: float = 1.0,
+        adapters: list[str] | None = None,
+        adapter_weights: list[float] | None = None,
     ) -> None:
         super().__init__()
         self.estimator = estimator if estimator is not None else DraftLV()
@@ -87,6 +102,13 @@ class DraftModule(LightningModule):
         if not isinstance(reward, Reward):
             raise ConfigError(f"reward={type(reward).__name__} is not a draft_lightning Reward")
         self.estimator.check(self.sampling.num_steps)
+        if kl_coeff < 0:
+            raise ConfigError(f"kl_coeff={kl_coeff} must be >= 0")
+        if adapter_weights is not None and len(adapter_weights) != len(adapters or []):
+            raise ConfigError(
+                f"adapter_weights has {len(adapter_weights)} entries for "
+                f"{len(adapters or [])} adapters"
+            )
 
         # Validate against the checkpoint's configs before any weights load.
         folder = resolve_pretrained(pretrained_model)
@@ -122,6 +144,13 @@ class DraftModule(LightningModule):
         self.optimizer_factory: Callable = optimizer or paper_adamw
         self.lr_scheduler_factory = lr_scheduler
         self.seed = seed
+        self.kl_coeff = kl_coeff
+        self.lora_scale = lora_scale
+        self.mix = list(adapters or [])
+        self.mix_weights = list(adapter_weights or [lora_scale] * len(self.mix))
+        for index, folder in enumerate(self.mix):
+            load_lora(self.unet, folder, adapter_name=f"mix_{index}")
+        self.unet.set_adapters(["default"])  # training always runs the trained adapter alone
         # Checkpoints hold only the trainable LoRA weights (see on_save_checkpoint).
         self.strict_loading = False
 
@@ -132,13 +161,20 @@ class DraftModule(LightningModule):
         generator = self.step_generator(batch_idx)
         text = self.prompt_encoder.condition(prompts, self.sampling.guidance_scale)
         noise = self.initial_noise(len(prompts), generator)  # x_T ~ N(0, I)
-        latents = self.estimator.sample(self.sampler, noise, text, generator)
+        tracking = self.sampler.tracking_base_deviation() if self.kl_coeff else nullcontext()
+        with tracking as deviation:
+            latents = self.estimator.sample(self.sampler, noise, text, generator)
         images = self.decode(latents)
         copies = latents.shape[0] // len(prompts)
         reward, parts = self.reward.score(images, list(prompts) * copies)
         loss = -reward.mean()
+        if deviation is not None:  # DRaFT+
+            penalty = deviation.mean()
+            loss = loss + self.kl_coeff * penalty
+            self.log("train/kl", penalty, sync_dist=True, batch_size=len(prompts))
         self.log_rewards(reward, parts, batch_size=len(prompts))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(prompts))
+        self.last_loss = loss.detach()  # for NonFiniteGuard, which runs after backward
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -149,7 +185,47 @@ class DraftModule(LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         images = self.generate(batch["prompts"], batch["seeds"])
-        return {"prompts": batch["prompts"], "seeds": batch["seeds"], "images": images.cpu()}
+        _, parts = self.reward.score(images, batch["prompts"])
+        return {
+            "prompts": batch["prompts"],
+            "seeds": batch["seeds"],
+            "images": images.cpu(),
+            "rewards": {name: scores.float().cpu() for name, scores in parts.items()},
+        }
+
+    # --- which adapters generate: trained (scaled) or a mix of exported ones ---------------
+
+    def use_generation_adapters(self) -> None:
+        """The paper's LoRA scaling and mixing: strength `lora_scale` for the trained adapter,
+        or a weighted sum of exported adapters' updates."""
+        if self.mix:
+            names = [f"mix_{i}" for i in range(len(self.mix))]
+            self.unet.set_adapters(names, weights=self.mix_weights)
+        else:
+            self.unet.set_adapters(["default"], weights=[self.lora_scale])
+
+    def use_training_adapter(self) -> None:
+        self.unet.set_adapters(["default"], weights=[1.0])
+
+    def on_predict_start(self) -> None:
+        self.use_generation_adapters()
+
+    def on_test_start(self) -> None:
+        self.use_generation_adapters()
+
+    def on_validation_start(self) -> None:
+        if self.trainer.state.fn != "fit":  # `lightning validate` evaluates what predict would
+            self.use_generation_adapters()
+
+    def on_predict_end(self) -> None:
+        self.use_training_adapter()
+
+    def on_test_end(self) -> None:
+        self.use_training_adapter()
+
+    def on_validation_end(self) -> None:
+        if self.trainer.state.fn != "fit":
+            self.use_training_adapter()
 
     # --- pieces ----------------------------------------------------------------------------
 
@@ -255,8 +331,16 @@ class DraftModule(LightningModule):
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep only trainable weights; frozen SD and reward weights reload from their source."""
+        """Keep only trainable weights (frozen SD and reward weights reload from their source)
+        and add every rank's RNG states, which Lightning does not save."""
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {
             k: v for k, v in checkpoint["state_dict"].items() if k in trainable
         }
+        checkpoint["rng_states"] = gather_rng_states(self.trainer if self._trainer else None)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("rng_states")
+        rank = self.global_rank
+        if states is not None and rank < len(states):
+            restore_rng_states(states[rank])

@@ -9,8 +9,9 @@ The scheduler arithmetic is diffusers' own DDIMScheduler.step (epsilon and v-pre
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -101,6 +102,30 @@ class SampleResult:
     pred_x0: torch.Tensor
 
 
+@dataclass
+class BaseDeviation:
+    """DRaFT+'s regulariser: mean squared distance between the adapted and the base model's
+    guided predictions, over the differentiated (step, sample) pairs of one training step."""
+
+    total: torch.Tensor | float = 0.0
+    count: torch.Tensor | int = 0
+    steps: list[int] = field(default_factory=list)
+
+    def add(self, squared: torch.Tensor, in_window: torch.Tensor | None, index: int) -> None:
+        if in_window is None:
+            self.total = self.total + squared.sum()
+            self.count = self.count + squared.numel()
+        else:
+            self.total = self.total + (squared * in_window).sum()
+            self.count = self.count + in_window.sum()
+        self.steps.append(index)
+
+    def mean(self) -> torch.Tensor:
+        if not self.steps:
+            raise RuntimeError("no differentiated step was tracked")
+        return self.total / self.count
+
+
 class DDIMSampler:
     """DDIM sampling with classifier-free guidance and a gradient window.
 
@@ -122,6 +147,17 @@ class DDIMSampler:
         self.gradient_checkpointing = gradient_checkpointing
         scheduler.set_timesteps(settings.num_steps)
         self.timesteps: list[int] = [int(t) for t in scheduler.timesteps]
+        self._deviation: BaseDeviation | None = None
+
+    @contextmanager
+    def tracking_base_deviation(self) -> Iterator[BaseDeviation]:
+        """While active, every differentiated step also runs the base UNet (adapters off, no
+        grad) and accumulates ||prediction - base prediction||^2 (the DRaFT+ penalty)."""
+        self._deviation = BaseDeviation()
+        try:
+            yield self._deviation
+        finally:
+            self._deviation = None
 
     @property
     def num_steps(self) -> int:
@@ -145,16 +181,33 @@ class DDIMSampler:
         out_uncond, out_cond = both.chunk(2)
         return out_uncond + self.settings.guidance_scale * (out_cond - out_uncond)
 
+    @torch.no_grad()
+    def predict_base(self, latents: torch.Tensor, t: int, text: TextConditioning) -> torch.Tensor:
+        """The frozen base model's guided output: the same UNet with its adapters disabled."""
+        self.unet.disable_adapters()
+        try:
+            return self._guided(latents, t, text.cond, text.uncond)
+        finally:
+            self.unet.enable_adapters()
+
     def step(
         self,
         latents: torch.Tensor,
         index: int,
         text: TextConditioning,
         generator: torch.Generator | None = None,
+        in_window: torch.Tensor | None = None,
     ) -> SampleResult:
-        """One DDIM step from self.timesteps[index]; returns x_{t-1} and the x0 prediction."""
+        """One DDIM step from self.timesteps[index]; returns x_{t-1} and the x0 prediction.
+
+        `in_window` marks, per sample, whether this step is differentiated for it (None: all).
+        """
         t = self.timesteps[index]
         model_output = self.predict(latents, t, text)
+        if self._deviation is not None and torch.is_grad_enabled():
+            base = self.predict_base(latents, t, text)
+            squared = (model_output.float() - base.float()).pow(2).mean(dim=(1, 2, 3))
+            self._deviation.add(squared, in_window, index)
         noise = None
         if self.settings.eta > 0:
             noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype)
@@ -189,10 +242,12 @@ class DDIMSampler:
                     result = self.step(result.latents, index, text, generator)
                 continue
             x = result.latents
+            in_window = None
             if per_sample:
                 # Samples whose window has not opened yet (or opens now) enter detached.
                 x = torch.where(index <= grad_from, x.detach(), x)
+                in_window = (index >= grad_from).flatten().to(x.dtype)
             elif index == first_grad:
                 x = x.detach()
-            result = self.step(x, index, text, generator)
+            result = self.step(x, index, text, generator, in_window)
         return result
