@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchmetrics import MeanMetric
 
+from draft_lightning.diversity import PromptDiversity, prompt_ids
 from draft_lightning.errors import ConfigError
 from draft_lightning.estimators import DraftLV, Estimator
 from draft_lightning.models import (
@@ -139,7 +140,10 @@ class DraftModule(LightningModule):
         self.eval_metrics = nn.ModuleDict(
             {"reward": MeanMetric(), **{f"reward/{n}": MeanMetric() for n in reward.part_names}}
         )
+        self.diversity = PromptDiversity()
         self.eval_history: list[tuple[int, dict[str, float]]] = []
+        self.eval_samples: list[dict] = []  # this evaluation's thumbnails and scores
+        self.last_evaluation: dict | None = None  # all ranks' samples, for image callbacks
         self.checkpoint_decode = checkpoint_decode
         self.optimizer_factory: Callable = optimizer or paper_adamw
         self.lr_scheduler_factory = lr_scheduler
@@ -175,6 +179,9 @@ class DraftModule(LightningModule):
         self.log_rewards(reward, parts, batch_size=len(prompts))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(prompts))
         self.last_loss = loss.detach()  # for NonFiniteGuard, which runs after backward
+        self.last_train_scores = {"reward": reward.detach()} | {
+            name: scores.detach() for name, scores in parts.items()
+        }
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -249,6 +256,20 @@ class DraftModule(LightningModule):
         self.eval_metrics["reward"].update(reward)
         for name, scores in parts.items():
             self.eval_metrics[f"reward/{name}"].update(scores)
+        features = self.reward.image_features(images)
+        self.diversity.cosine = features is not None
+        if features is None:  # pixels, at a fixed small size so any resolution compares
+            features = torch.nn.functional.interpolate(images.float(), size=(32, 32), mode="area")
+        self.diversity.update(features.flatten(1), prompt_ids(batch["prompts"]).to(self.device))
+        self.eval_samples.append(
+            {
+                "prompts": list(batch["prompts"]),
+                "seeds": [int(s) for s in batch["seeds"]],
+                "thumbnails": thumbnails(images),
+                "scores": {"reward": reward.float().cpu()}
+                | {name: v.float().cpu() for name, v in parts.items()},
+            }
+        )
 
     def on_validation_epoch_end(self) -> None:
         self.log_evaluation("val")
@@ -259,8 +280,12 @@ class DraftModule(LightningModule):
     def log_evaluation(self, stage: str) -> None:
         """Log the synced means; a full sanity-check pass is the base model's score at step 0."""
         values = {f"{stage}/{k}": m.compute() for k, m in self.eval_metrics.items()}
-        for metric in self.eval_metrics.values():
+        values[f"{stage}/diversity"] = self.diversity.compute()
+        for metric in [*self.eval_metrics.values(), self.diversity]:
             metric.reset()
+        self.last_evaluation = {"stage": stage, "step": self.global_step}
+        self.last_evaluation |= gather_samples(self.eval_samples, self.trainer)
+        self.eval_samples = []
         if self.trainer.sanity_checking:
             # Lightning discards metrics logged during the sanity check; when that check ran
             # the whole validation set (num_sanity_val_steps=-1) it is the base model's
@@ -274,6 +299,8 @@ class DraftModule(LightningModule):
             self.log(f"{stage}/reward", total, prog_bar=True)
             self.log_dict(values)
             values[f"{stage}/reward"] = total
+            # x-axis = optimiser steps taken (0 = the base model), as for the images.
+            self.log("step", float(self.global_step))
         self.eval_history.append((self.global_step, {k: float(v) for k, v in values.items()}))
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -344,3 +371,34 @@ class DraftModule(LightningModule):
         rank = self.global_rank
         if states is not None and rank < len(states):
             restore_rng_states(states[rank])
+
+
+def thumbnails(images: torch.Tensor, size: int = 256) -> torch.Tensor:
+    """uint8 CPU copies of images no larger than `size`, kept for image grids."""
+    if max(images.shape[-2:]) > size:
+        images = torch.nn.functional.interpolate(
+            images.float(), size=(size, size), mode="bilinear", antialias=True
+        )
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+
+
+def gather_samples(samples: list[dict], trainer) -> dict:
+    """Every rank's evaluation samples, de-duplicated (DistributedSampler pads with repeats)
+    and sorted by (prompt, seed) so grids are identical whatever the world size."""
+    parts = [samples]
+    if trainer is not None and trainer.world_size > 1:
+        parts = [None] * trainer.world_size
+        torch.distributed.all_gather_object(parts, samples)
+    rows: dict[tuple[str, int], tuple[torch.Tensor, dict[str, float]]] = {}
+    for batches in parts:
+        for batch in batches:
+            for i, (prompt, seed) in enumerate(zip(batch["prompts"], batch["seeds"], strict=True)):
+                scores = {name: float(v[i]) for name, v in batch["scores"].items()}
+                rows.setdefault((prompt, seed), (batch["thumbnails"][i], scores))
+    keys = sorted(rows)
+    return {
+        "prompts": [k[0] for k in keys],
+        "seeds": [k[1] for k in keys],
+        "thumbnails": [rows[k][0] for k in keys],
+        "scores": [rows[k][1] for k in keys],
+    }

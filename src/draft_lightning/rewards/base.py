@@ -36,6 +36,11 @@ class Reward(nn.Module):
         total = self(images, prompts)
         return total, {self.name: total}
 
+    def image_features(self, images: torch.Tensor) -> torch.Tensor | None:
+        """Image embeddings for the diversity metric ([B, D]), if this reward has a model that
+        makes them (CLIP-based rewards); None means diversity is measured in pixels."""
+        return None
+
     def freeze(self) -> Reward:
         """Eval mode and no parameter requiring grad; returns self."""
         self.requires_grad_(False)
