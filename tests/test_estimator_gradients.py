@@ -107,9 +107,9 @@ def assert_same_gradient(ours, ref):
 
 
 def noise_and_generator(module):
-    generator = module.step_generator(0)
-    noise = torch.randn((len(PROMPTS), *module.latent_shape), generator=generator)
-    return noise, generator
+    """The step's draws as the module makes them (one rank: the whole global batch)."""
+    rng = module.step_randomness(0)
+    return rng.randn(len(PROMPTS), module.latent_shape), rng
 
 
 def test_draft_k_matches_reference(module):
@@ -159,7 +159,7 @@ def test_draft_lv_matches_reference(module, include_base):
         base = ref.chain(noise, rows, detach_at=last if include_base else last + 1).prev_sample
         if not include_base:
             base = base.detach()
-        eps = torch.randn((n * len(PROMPTS), *module.latent_shape), generator=generator)
+        eps = generator.randn(n * len(PROMPTS), module.latent_shape)
         abar = ref.scheduler.alphas_cumprod[ref.timesteps[last]]
         latents = [base] if include_base else []
         for i in range(n):
@@ -179,7 +179,7 @@ def test_random_truncation_matches_per_trajectory_reference(module):
     def loss_fn():
         ref = Reference(module)
         noise, generator = noise_and_generator(module)
-        ks = estimator.draw_k(len(PROMPTS), len(ref.timesteps), generator)
+        ks = estimator.draw_k(len(PROMPTS), len(ref.timesteps), generator.generator)
         assert len(set(ks.tolist())) > 1, "pick a seed where the two trajectories differ"
         total = 0
         for b, k in enumerate(ks.tolist()):  # each trajectory alone, with its own K

@@ -76,11 +76,19 @@ def test_only_lora_weights_train_and_checkpoints_hold_only_them(module):
     assert all(p.dtype == torch.float32 for p in module.trainable_parameters())
 
 
-def test_noise_is_reproducible_per_seed_and_distinct_per_micro_batch(module):
-    draws = [module.initial_noise(2, module.step_generator(i)) for i in (0, 0)]
-    torch.testing.assert_close(draws[0], draws[1])
-    other_seed = make_module(seed=1)
-    assert not torch.equal(draws[0], other_seed.initial_noise(2, other_seed.step_generator(0)))
+def test_step_noise_is_reproducible_and_independent_of_the_world_size():
+    from draft_lightning.randomness import StepRandomness
+
+    shape = (4, 8, 8)
+    one_rank = StepRandomness(seed=0, step=3, micro_batch=0).randn(4, shape)
+    torch.testing.assert_close(one_rank, StepRandomness(0, 3, 0).randn(4, shape))
+    ranks = [StepRandomness(0, 3, 0, rank=r, world_size=2).randn(2, shape) for r in (0, 1)]
+    # Global row j belongs to rank j % 2: the order the prompt stream deals prompts in.
+    torch.testing.assert_close(torch.stack([ranks[0], ranks[1]], 1).flatten(0, 1), one_rank)
+    assert not torch.equal(ranks[0], ranks[1])
+    assert not torch.equal(one_rank, StepRandomness(1, 3, 0).randn(4, shape))  # seed
+    assert not torch.equal(one_rank, StepRandomness(0, 4, 0).randn(4, shape))  # step
+    assert not torch.equal(one_rank, StepRandomness(0, 3, 1).randn(4, shape))  # micro-batch
 
 
 def test_alignprop_draws_one_k_per_trajectory(module):

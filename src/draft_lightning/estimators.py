@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 
 from draft_lightning.errors import ConfigError
+from draft_lightning.randomness import StepRandomness
 from draft_lightning.sampling import DDIMSampler, TextConditioning
 
 
@@ -35,7 +36,7 @@ class Estimator(ABC):
         sampler: DDIMSampler,
         noise: torch.Tensor,
         text: TextConditioning,
-        generator: torch.Generator,
+        rng: StepRandomness,
     ) -> torch.Tensor:
         """Latents to decode, with gradient wherever this estimator lets it flow."""
 
@@ -44,8 +45,8 @@ class Estimator(ABC):
 class Draft(Estimator):
     """Full DRaFT: backpropagate through every sampling step."""
 
-    def sample(self, sampler, noise, text, generator):
-        return sampler.sample(noise, text, grad_from=0, generator=generator).latents
+    def sample(self, sampler, noise, text, rng):
+        return sampler.sample(noise, text, grad_from=0, rng=rng).latents
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,9 @@ class DraftK(Estimator):
         if self.k > num_steps:
             raise ConfigError(f"estimator k={self.k} exceeds sampling.num_steps={num_steps}")
 
-    def sample(self, sampler, noise, text, generator):
+    def sample(self, sampler, noise, text, rng):
         grad_from = sampler.num_steps - self.k
-        return sampler.sample(noise, text, grad_from=grad_from, generator=generator).latents
+        return sampler.sample(noise, text, grad_from=grad_from, rng=rng).latents
 
 
 @dataclass(frozen=True)
@@ -105,21 +106,21 @@ class DraftLV(Estimator):
                 f"sampling.num_steps={num_steps}"
             )
 
-    def sample(self, sampler, noise, text, generator):
+    def sample(self, sampler, noise, text, rng):
         last = sampler.num_steps - 1
         base = sampler.sample(
             noise,
             text,
             grad_from=last if self.include_base_sample else sampler.num_steps,
-            generator=generator,
+            rng=rng,
         ).latents
         start = sampler.num_steps - self.renoise_steps
         x0 = base.detach().repeat(self.n, 1, 1, 1)
-        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        eps = rng.randn(x0.shape[0], tuple(x0.shape[1:]), dtype=x0.dtype).to(x0.device)
         t = torch.tensor([sampler.timesteps[start]])
         renoised = sampler.scheduler.add_noise(x0, eps, t)
         copies = sampler.sample(
-            renoised, text.repeat(self.n), grad_from=start, generator=generator, start=start
+            renoised, text.repeat(self.n), grad_from=start, rng=rng, start=start
         ).latents
         return torch.cat([base, copies]) if self.include_base_sample else copies
 
@@ -163,7 +164,8 @@ class RandomTruncation(Estimator):
             )
 
     def draw_k(self, batch: int, num_steps: int, generator: torch.Generator) -> torch.Tensor:
-        """One truncation length per trajectory, as a CPU int64 tensor of shape [batch]."""
+        """One truncation length per trajectory, as a CPU int64 tensor of shape [batch] (drawn
+        for the global batch; `sample` keeps this rank's rows)."""
         high = self.high if self.high is not None else num_steps
         if self.distribution == "uniform":
             return torch.randint(self.low, high + 1, (batch,), generator=generator)
@@ -171,10 +173,11 @@ class RandomTruncation(Estimator):
         k = torch.randn(batch, generator=generator, dtype=torch.float64) * self.std + mean
         return k.round().clamp(self.low, high).long()
 
-    def sample(self, sampler, noise, text, generator):
-        k = self.draw_k(noise.shape[0], sampler.num_steps, generator)
+    def sample(self, sampler, noise, text, rng):
+        global_batch = noise.shape[0] * rng.world_size
+        k = rng.mine(self.draw_k(global_batch, sampler.num_steps, rng.generator))
         grad_from = sampler.num_steps - k
-        return sampler.sample(noise, text, grad_from=grad_from, generator=generator).latents
+        return sampler.sample(noise, text, grad_from=grad_from, rng=rng).latents
 
 
 @dataclass(frozen=True)
@@ -182,7 +185,8 @@ class ReFL(Estimator):
     """ReFL (ImageReward): sample without gradient to a random step among the last `window`,
     take one differentiable step there and decode its direct x0 prediction.
 
-    One step index is drawn per batch, as in the reference implementation.
+    One step index is drawn per global batch (shared by all ranks), as in the reference
+    implementation.
 
     Args:
         window: the step is drawn uniformly from the last `window` sampling steps.
@@ -200,11 +204,10 @@ class ReFL(Estimator):
                 f"estimator window={self.window} exceeds sampling.num_steps={num_steps}"
             )
 
-    def draw_step(self, num_steps: int, generator: torch.Generator) -> int:
-        first = num_steps - self.window
-        return int(torch.randint(first, num_steps, (1,), generator=generator))
+    def draw_step(self, num_steps: int, rng: StepRandomness) -> int:
+        return rng.shared_randint(num_steps - self.window, num_steps)
 
-    def sample(self, sampler, noise, text, generator):
-        index = self.draw_step(sampler.num_steps, generator)
-        result = sampler.sample(noise, text, grad_from=index, generator=generator, stop=index + 1)
+    def sample(self, sampler, noise, text, rng):
+        index = self.draw_step(sampler.num_steps, rng)
+        result = sampler.sample(noise, text, grad_from=index, rng=rng, stop=index + 1)
         return result.pred_x0

@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from typing import Literal
 
-import numpy as np
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -33,6 +32,7 @@ from draft_lightning.models import (
     resolve_pretrained,
     vae_scale_factor,
 )
+from draft_lightning.randomness import StepRandomness
 from draft_lightning.rewards import Reward
 from draft_lightning.rng import gather_rng_states, restore_rng_states
 from draft_lightning.sampling import DDIMSampler, PromptEncoder, SamplingSettings
@@ -162,12 +162,12 @@ class DraftModule(LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         prompts = batch["prompts"]
-        generator = self.step_generator(batch_idx)
+        rng = self.step_randomness(batch_idx)
         text = self.prompt_encoder.condition(prompts, self.sampling.guidance_scale)
-        noise = self.initial_noise(len(prompts), generator)  # x_T ~ N(0, I)
+        noise = rng.randn(len(prompts), self.latent_shape).to(self.device)  # x_T ~ N(0, I)
         tracking = self.sampler.tracking_base_deviation() if self.kl_coeff else nullcontext()
         with tracking as deviation:
-            latents = self.estimator.sample(self.sampler, noise, text, generator)
+            latents = self.estimator.sample(self.sampler, noise, text, rng)
         images = self.decode(latents)
         copies = latents.shape[0] // len(prompts)
         reward, parts = self.reward.score(images, list(prompts) * copies)
@@ -246,8 +246,8 @@ class DraftModule(LightningModule):
                 for s in seeds
             ]
         ).to(self.device)
-        generator = torch.Generator().manual_seed(int(seeds[0]))
-        result = self.sampler.sample(noise, text, self.sampler.num_steps, generator)
+        rng = StepRandomness(int(seeds[0]), 0, 0)  # only DDIM's eta noise draws from it
+        result = self.sampler.sample(noise, text, self.sampler.num_steps, rng)
         return self.decode(result.latents)
 
     def evaluate(self, stage: str, batch: dict) -> None:
@@ -314,17 +314,15 @@ class DraftModule(LightningModule):
         images = self.vae.decode(scaled.to(self.vae.dtype)).sample
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
-    def initial_noise(self, batch: int, generator: torch.Generator) -> torch.Tensor:
-        noise = torch.randn((batch, *self.latent_shape), generator=generator)
-        return noise.to(self.device)
-
-    def step_generator(self, batch_idx: int) -> torch.Generator:
-        """A CPU generator seeded by (seed, global step, micro-batch, rank): reproducible runs,
-        distinct noise on every rank and every accumulated micro-batch."""
+    def step_randomness(self, batch_idx: int) -> StepRandomness:
+        """This step's draws: seeded by (seed, global step, micro-batch), sliced by rank, so
+        runs are reproducible and independent of the number of ranks (see randomness.py)."""
         accumulate = self.trainer.accumulate_grad_batches if self._trainer else 1
-        entropy = [self.seed, self.global_step, batch_idx % accumulate, self.global_rank]
-        state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
-        return torch.Generator().manual_seed(int(state))
+        world_size = self.trainer.world_size if self._trainer else 1
+        micro_batch = batch_idx % accumulate
+        return StepRandomness(
+            self.seed, self.global_step, micro_batch, self.global_rank, world_size
+        )
 
     def log_rewards(
         self, reward: torch.Tensor, parts: dict[str, torch.Tensor], batch_size: int

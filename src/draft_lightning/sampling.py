@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from draft_lightning.errors import ConfigError
+from draft_lightning.randomness import StepRandomness
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,7 @@ class DDIMSampler:
         latents: torch.Tensor,
         index: int,
         text: TextConditioning,
-        generator: torch.Generator | None = None,
+        rng: StepRandomness | None = None,
         in_window: torch.Tensor | None = None,
     ) -> SampleResult:
         """One DDIM step from self.timesteps[index]; returns x_{t-1} and the x0 prediction.
@@ -210,7 +211,9 @@ class DDIMSampler:
             self._deviation.add(squared, in_window, index)
         noise = None
         if self.settings.eta > 0:
-            noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype)
+            if rng is None:
+                raise ValueError("eta > 0 needs an rng for the DDIM noise")
+            noise = rng.randn(latents.shape[0], tuple(latents.shape[1:]), latents.dtype)
             noise = noise.to(latents.device)
         out = self.scheduler.step(
             model_output, t, latents, eta=self.settings.eta, variance_noise=noise
@@ -222,7 +225,7 @@ class DDIMSampler:
         latents: torch.Tensor,
         text: TextConditioning,
         grad_from: int | torch.Tensor,
-        generator: torch.Generator | None = None,
+        rng: StepRandomness | None = None,
         start: int = 0,
         stop: int | None = None,
     ) -> SampleResult:
@@ -239,7 +242,7 @@ class DDIMSampler:
         for index in range(start, stop):
             if index < first_grad:
                 with torch.no_grad():
-                    result = self.step(result.latents, index, text, generator)
+                    result = self.step(result.latents, index, text, rng)
                 continue
             x = result.latents
             in_window = None
@@ -249,5 +252,5 @@ class DDIMSampler:
                 in_window = (index >= grad_from).flatten().to(x.dtype)
             elif index == first_grad:
                 x = x.detach()
-            result = self.step(x, index, text, generator, in_window)
+            result = self.step(x, index, text, rng, in_window)
         return result
