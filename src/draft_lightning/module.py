@@ -295,12 +295,13 @@ class DraftModule(LightningModule):
             if self.logger is not None:
                 self.logger.log_metrics({k: float(v) for k, v in values.items()}, self.global_step)
         else:
+            # Already synced by torchmetrics; sync_dist on equal values only quiets a warning.
             total = values.pop(f"{stage}/reward")
-            self.log(f"{stage}/reward", total, prog_bar=True)
-            self.log_dict(values)
+            self.log(f"{stage}/reward", total, prog_bar=True, sync_dist=True)
+            self.log_dict(values, sync_dist=True)
             values[f"{stage}/reward"] = total
             # x-axis = optimiser steps taken (0 = the base model), as for the images.
-            self.log("step", float(self.global_step))
+            self.log("step", float(self.global_step), sync_dist=True)
         self.eval_history.append((self.global_step, {k: float(v) for k, v in values.items()}))
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,30 @@
+"""Rewards that fail on purpose, to test what a run does about it."""
+
+from __future__ import annotations
+
+import torch
+
+from draft_lightning.rewards import Brightness
+
+
+class RaiseOnRank(Brightness):
+    """Brightness that raises on one global rank at one training call (counted from 0).
+
+    Args:
+        rank: the global rank that fails.
+        call: the training-time call that fails on that rank.
+    """
+
+    def __init__(self, rank: int = 1, call: int = 2) -> None:
+        super().__init__(name="brightness")
+        self.fail_rank = rank
+        self.fail_call = call
+        self.calls = 0
+
+    def forward(self, images, prompts):
+        if images.requires_grad:
+            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+            if rank == self.fail_rank and self.calls == self.fail_call:
+                raise RuntimeError(f"injected failure on rank {self.fail_rank}")
+            self.calls += 1
+        return super().forward(images, prompts)

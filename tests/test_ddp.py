@@ -1,0 +1,158 @@
+"""Distributed behaviour on the CPU (gloo): two processes through the real CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, make_module
+from lightning.pytorch import Trainer
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from draft_lightning.data import PromptDataModule
+from draft_lightning.rewards import Brightness
+from draft_lightning.sampling import SamplingSettings
+
+LIGHTNING = str(Path(sys.executable).with_name("lightning"))
+TINY = [
+    "--config",
+    str(ROOT / "configs/draft_k.yaml"),
+    "--config",
+    str(ROOT / "configs/cpu_tiny.yaml"),
+]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "OMP_NUM_THREADS": "1"}
+
+
+def scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def test_a_rank_that_fails_ends_the_whole_job_promptly(tmp_path):
+    start = time.monotonic()
+    process = subprocess.Popen(
+        [
+            LIGHTNING,
+            "fit",
+            *TINY,
+            "--trainer.max_steps",
+            "6",
+            "--trainer.devices",
+            "2",
+            "--trainer.strategy",
+            "ddp",
+            "--trainer.num_sanity_val_steps",
+            "0",
+            "--trainer.limit_val_batches",
+            "0",
+            "--model.sampling.num_steps",
+            "4",
+            "--model.reward",
+            "plugins.faults.RaiseOnRank",
+            "--model.reward.rank",
+            "1",
+            "--model.reward.call",
+            "2",
+        ],
+        cwd=tmp_path,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=60)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL) if process.poll() is None else None
+    assert process.returncode != 0
+    assert time.monotonic() - start < 60
+    assert "injected failure on rank 1" in output
+    deadline = time.monotonic() + 15  # ranks may take a moment to finish exiting
+    while time.monotonic() < deadline:
+        leftover = subprocess.run(["pgrep", "-s", str(process.pid)], capture_output=True)
+        if not leftover.stdout.strip():
+            break
+        time.sleep(0.5)
+    assert not leftover.stdout.strip(), "a rank outlived the job by more than 15 s"
+
+
+def test_validation_reward_is_the_mean_over_every_rank(tmp_path, tiny_sd):
+    results = {}
+    for devices in (1, 2):
+        run = tmp_path / f"d{devices}"
+        run.mkdir()
+        completed = subprocess.run(
+            [
+                LIGHTNING,
+                "validate",
+                *TINY,
+                "--trainer.devices",
+                str(devices),
+                "--trainer.strategy",
+                "ddp" if devices > 1 else "auto",
+            ],
+            cwd=run,
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        (log_dir,) = (run / "runs" / "draft_k").iterdir()
+        results[devices] = scalars(log_dir, "val/reward")[-1][1]
+
+    # Per-sample rewards of the same validation set, in its order (4 prompts x 2 seeds).
+    module = make_module(
+        reward=Brightness(),
+        sampling=SamplingSettings(num_steps=10, guidance_scale=3.0, resolution=32),
+    )
+    data = PromptDataModule(batch_size=2, num_val_prompts=4, num_val_seeds=2)
+    data.setup("validate")
+    batch = next(
+        iter(
+            data.val_dataloader().__class__(
+                data.val_dataloader().dataset,
+                batch_size=8,
+                collate_fn=data.val_dataloader().collate_fn,
+            )
+        )
+    )
+    scores = module.reward(module.generate(batch["prompts"], batch["seeds"]), batch["prompts"])
+    everyone, rank0_half = scores.mean().item(), scores[0::2].mean().item()
+    assert abs(everyone - rank0_half) > 1e-4, "pick data where the halves differ"
+    assert results[1] == pytest.approx(everyone, abs=1e-5)
+    assert results[2] == pytest.approx(everyone, abs=1e-5)
+
+
+def test_bf16_mixed_runs_on_the_cpu_and_lora_stays_float32(tiny_sd, tmp_path):
+    module = make_module()
+    trainer = Trainer(
+        accelerator="cpu",
+        precision="bf16-mixed",
+        max_steps=2,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    before = [p.detach().clone() for p in module.trainable_parameters()]
+    trainer.fit(module, PromptDataModule(batch_size=2))
+    after = module.trainable_parameters()
+    assert all(p.dtype == torch.float32 for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+    assert all(torch.isfinite(p).all() for p in after)
+    assert torch.isfinite(trainer.callback_metrics["train/reward"])
