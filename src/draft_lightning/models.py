@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from draft_lightning.errors import ConfigError, ModelUnavailableError
+from draft_lightning.hub import hf_cache_dir, offline_reason
 
 TINY_PREFIX = "tiny:"
 TINY_MODELS = {"tiny:sd": "epsilon", "tiny:sd-v": "v_prediction"}
@@ -67,24 +68,17 @@ def _hub_snapshot(repo_id: str) -> Path:
         return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=True))
     except Exception:  # noqa: BLE001 - not cached: fall through to a download attempt
         pass
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        reason = "HF_HUB_OFFLINE is set"
-    else:
+    reason = offline_reason()
+    if reason is None:
         try:
             return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
         except Exception as error:  # noqa: BLE001 - any network or auth failure, reported below
             reason = type(error).__name__
     raise ModelUnavailableError(
         f"model {repo_id!r} is not in the local Hugging Face cache and could not be downloaded "
-        f"({reason}): run `huggingface-cli download {repo_id}` on a machine with access and copy "
-        f"the cache to {_hf_cache_dir()}, or set model.pretrained_model to a local diffusers folder"
+        f"({reason}): run `hf download {repo_id}` on a machine with access and copy the cache "
+        f"to {hf_cache_dir()}, or set model.pretrained_model to a local diffusers folder"
     )
-
-
-def _hf_cache_dir() -> str:
-    from huggingface_hub import constants
-
-    return str(constants.HF_HUB_CACHE)
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,13 @@ Nothing here runs code from a checkpoint: loaders use safetensors or
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
 from draft_lightning.errors import ConfigError, ModelUnavailableError
+from draft_lightning.hub import hf_cache_dir, offline_reason
 
 HF_PREFIX = "hf://"
 TINY_PREFIX = "tiny:"
@@ -64,7 +62,7 @@ def hub_file(repo_id: str, filenames: str | Sequence[str], what: str) -> Path:
             return Path(hf_hub_download(repo_id, name, local_files_only=True))
         except Exception:  # noqa: BLE001 - not cached: try the next name, then downloads
             pass
-    reason = _offline_reason()
+    reason = offline_reason()
     if reason is None:
         for name in names:
             try:
@@ -75,7 +73,7 @@ def hub_file(repo_id: str, filenames: str | Sequence[str], what: str) -> Path:
     raise ModelUnavailableError(
         f"{what}: file {shown} of Hugging Face repo {repo_id!r} is not in the local cache "
         f"and could not be downloaded ({reason}): run `hf download {repo_id} "
-        f"{names[0]}` on a machine with access and copy the cache to {_hf_cache_dir()}, or set "
+        f"{names[0]}` on a machine with access and copy the cache to {hf_cache_dir()}, or set "
         f"{what} to a local copy of the file"
     )
 
@@ -120,7 +118,7 @@ def hub_snapshot(
 
     reason = "not found"
     for local_only in (True, False):
-        if not local_only and (offline := _offline_reason()) is not None:
+        if not local_only and (offline := offline_reason()) is not None:
             reason = offline
             break
         for weight in weights or [None]:
@@ -142,7 +140,7 @@ def hub_snapshot(
     raise ModelUnavailableError(
         f"{what}: Hugging Face repo {repo_id!r} is not in the local cache and could not be "
         f"downloaded ({reason}): run `hf download {repo_id}` on a machine with "
-        f"access and copy the cache to {_hf_cache_dir()}, or set {what} to a local folder"
+        f"access and copy the cache to {hf_cache_dir()}, or set {what} to a local folder"
     )
 
 
@@ -185,23 +183,3 @@ def load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise ConfigError(f"{what}: {path} does not hold a state dict of tensors")
     return data
-
-
-def _offline_reason() -> str | None:
-    """Why a download cannot work, if that is known without trying (a try retries for ~20 s)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return "HF_HUB_OFFLINE is set"
-    from huggingface_hub import constants
-
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    try:
-        socket.getaddrinfo(host, 443)
-    except OSError:
-        return f"{host} cannot be resolved"
-    return None
-
-
-def _hf_cache_dir() -> str:
-    from huggingface_hub import constants
-
-    return str(constants.HF_HUB_CACHE)
