@@ -1,225 +1,185 @@
 """Prompt data for DRaFT: training streams prompts, validation uses fixed (prompt, seed) pairs.
 
-DRaFT trains on prompts only (images come from the sampler), so the data side is small:
+DRaFT trains on prompts only (images come from the sampler), so the data side is small but must
+scale to large prompt logs:
 
-* :func:`load_prompts` turns a *source* (built-in set name, inline list, or ``.txt`` path) into a
-  list of prompt strings. It is the one place that knows about source kinds; streaming files, globs
-  and Hugging Face datasets will be added there later.
-* :class:`PromptStream` is an infinite, seeded, rank- and worker-sharded training stream.
-* :class:`ValidationPrompts` is the fixed grid ``prompts x seeds`` so that validation images are
+* :class:`~draft_lightning.data_sources.PromptSource` resolves a ``train_prompts``/
+  ``val_prompts`` value (built-in set, list, file, glob, ``hf:`` dataset) and reads it lazily;
+  the file formats live in :mod:`draft_lightning.data_readers`.
+* :class:`~draft_lightning.data_stream.PromptStream` is the endless, seeded, sharded training
+  stream (see that module for why a resume needs only one number).
+* :class:`ValidationPrompts` is the fixed grid ``prompts x seeds``, so that validation images are
   comparable across steps and runs.
-* :class:`PromptDataModule` wires these into Lightning.
+* :class:`PromptDataModule` wires these into Lightning and saves the stream position in
+  checkpoints. docs/data.md is the user-facing description.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterator, Sequence
-from importlib.resources import files
-from pathlib import Path
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import lightning as L
-import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader, Dataset
 
-_BUILTIN_SETS = ("simple_animals", "general")
+from draft_lightning.data_readers import Record
+from draft_lightning.data_sources import (
+    BUILTIN_SETS,
+    PromptSource,
+    SourceCheck,
+    estimated_tokens,
+)
+from draft_lightning.data_stream import PromptStream, collate_train
+from draft_lightning.errors import ConfigError
+
+__all__ = [
+    "PromptDataModule",
+    "PromptSource",
+    "PromptStream",
+    "ValidationPrompts",
+    "builtin_prompt_sets",
+    "collate_train",
+    "collate_val",
+    "estimated_tokens",
+    "load_prompts",
+]
 
 
 def builtin_prompt_sets() -> list[str]:
-    """Names accepted by :func:`load_prompts` besides paths and inline lists."""
-    return list(_BUILTIN_SETS)
+    """Names accepted as a prompt source besides files, globs, hf: ids and inline lists."""
+    return list(BUILTIN_SETS)
 
 
-def _clean(lines: Sequence[str]) -> list[str]:
-    """Strip whitespace and drop blank entries, the same rule for every source."""
-    return [line.strip() for line in lines if line.strip()]
-
-
-def load_prompts(source: str | list[str], *, name: str = "source") -> list[str]:
-    """Resolve a prompt source to a non-empty list of prompt strings.
+def load_prompts(source: str | list[str], *, name: str = "source", **options: Any) -> list[str]:
+    """Read a (small) prompt source into a list of prompt strings.
 
     Args:
-        source: A built-in set name (see :func:`builtin_prompt_sets`), a path to a local ``.txt``
-            file with one prompt per line (blank lines skipped), or an inline list of prompts.
-            A built-in name wins over a file of the same name in the working directory.
-        name: What to call ``source`` in error messages (e.g. ``"train_prompts"``), so that a
-            bad config value is reported under the option the user actually set.
+        source: Anything ``PromptDataModule`` accepts as ``train_prompts``.
+        name: What to call ``source`` in error messages (e.g. ``"train_prompts"``).
+        **options: ``prompt_field``, ``hf_split``, ... as for :class:`PromptSource`.
 
     Raises:
-        ValueError: One line naming the bad value and what is allowed.
+        ConfigError: One line naming the bad value, file line or record.
     """
-    allowed = ", ".join(_BUILTIN_SETS)
-    if isinstance(source, str):
-        if source in _BUILTIN_SETS:
-            text = (files("draft_lightning") / "prompts" / f"{source}.txt").read_text("utf-8")
-            prompts = _clean(text.splitlines())
-        else:
-            path = Path(source).expanduser()
-            if not path.is_file():
-                raise ValueError(
-                    f"{name}={source!r} is neither a built-in prompt set ({allowed}) "
-                    "nor an existing .txt file"
-                )
-            if path.suffix.lower() != ".txt":
-                raise ValueError(
-                    f"{name}={source!r} is not a .txt file; only .txt files (one prompt per "
-                    f"line) and built-in prompt sets ({allowed}) are supported"
-                )
-            prompts = _clean(path.read_text("utf-8").splitlines())
-    elif isinstance(source, Sequence):
-        for i, item in enumerate(source):
-            if not isinstance(item, str):
-                raise ValueError(f"{name}[{i}]={item!r} is not a string; prompts must be strings")
-        prompts = _clean(source)
-    else:
-        raise ValueError(
-            f"{name}={source!r} must be a built-in prompt set ({allowed}), "
-            "a path to a .txt file, or a list of prompt strings"
-        )
+    resolved = PromptSource(source, name=name, **options)
+    prompts = [prompt for prompt, _ in resolved.records()]
     if not prompts:
-        raise ValueError(f"{name}={source!r} contains no prompts (only blank entries)")
+        resolved.check(full=True, max_tokens=10**9)  # raises the specific "no prompts" error
     return prompts
 
 
-def _pass_seed(seed: int, epoch: int, pass_index: int) -> int:
-    """A 32-bit generator seed for one pass.
-
-    torch's CPU generator only uses the low 32 bits of ``manual_seed``, so packing the tuple into
-    one big integer would silently ignore parts of it; hashing mixes all of it into 32 bits.
-    """
-    digest = hashlib.blake2b(f"{seed}/{epoch}/{pass_index}".encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "little")
-
-
-class PromptStream(IterableDataset):
-    """Infinite stream of prompt strings, reshuffled every pass, sharded by rank and worker.
-
-    The *global stream* is pass 0's permutation, then pass 1's, and so on; pass ``k`` is
-    ``torch.randperm`` drawn from a generator seeded by ``(seed, epoch, k)``, so the order changes
-    each pass (almost surely, for more than a handful of prompts) and is identical for the same
-    seed. Global position ``p`` goes to shard ``p % (world_size * num_workers)``, where shard
-    ``rank * num_workers + worker_id``. Hence:
-
-    * If the number of prompts is divisible by ``world_size * num_workers``, every shard gets the
-      same number of prompts per pass, and one pass over all shards covers each prompt exactly once.
-    * Otherwise shards get ``floor`` or ``ceil`` of ``n / shards`` prompts of a pass, and shard
-      boundaries drift across pass boundaries: nothing is dropped or repeated in the global
-      stream, but a rank's slice of "its" pass may spill into the next pass.
-    * DataLoader workers deliver whole batches in turn, so a pass is exactly covered once every
-      worker has delivered its share; stopping mid-round leaves a few prompts for the next round.
-
-    Iteration always starts at global position 0 of the current epoch. Resuming mid-stream will
-    need only a start position (``p0``), which is why iteration is written in global positions.
-    """
-
-    def __init__(
-        self, prompts: Sequence[str], seed: int = 0, world_size: int = 1, rank: int = 0
-    ) -> None:
-        if len(prompts) == 0:
-            raise ValueError("prompts=[] is empty; PromptStream needs at least one prompt")
-        self.prompts = list(prompts)
-        self.seed = seed
-        self.epoch = 0
-        self.set_distributed(world_size, rank)
-
-    def set_distributed(self, world_size: int, rank: int) -> None:
-        """Set this process's rank; called by the DataModule once the trainer is known."""
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank={rank} world_size={world_size} needs 0 <= rank < world_size")
-        self.world_size = world_size
-        self.rank = rank
-
-    def set_epoch(self, epoch: int) -> None:
-        """Give each new iteration (Lightning epoch) its own permutations instead of replaying."""
-        self.epoch = epoch
-
-    def permutation(self, pass_index: int, epoch: int | None = None) -> torch.Tensor:
-        """Prompt indices in the order of pass ``pass_index`` (same on every rank and worker)."""
-        epoch = self.epoch if epoch is None else epoch
-        generator = torch.Generator().manual_seed(_pass_seed(self.seed, epoch, pass_index))
-        return torch.randperm(len(self.prompts), generator=generator)
-
-    def _shard(self) -> tuple[int, int]:
-        """(this shard's index, number of shards) for the current rank and DataLoader worker."""
-        info = get_worker_info()
-        worker_id, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
-        return self.rank * num_workers + worker_id, self.world_size * num_workers
-
-    def __iter__(self) -> Iterator[str]:
-        shard, num_shards = self._shard()
-        n, epoch = len(self.prompts), self.epoch
-        pass_index, order = -1, torch.empty(0, dtype=torch.long)
-        position = shard
-        while True:
-            if position // n != pass_index:
-                pass_index = position // n
-                order = self.permutation(pass_index, epoch)
-            yield self.prompts[int(order[position % n])]
-            position += num_shards
-
-
 class ValidationPrompts(Dataset):
-    """The fixed grid of ``{"prompt", "seed"}`` items, prompt-major, identical across runs.
+    """The fixed grid of ``{"prompt", "seed"}`` items (plus ``"metadata"`` where the source has
+    it), prompt-major, identical across runs.
 
     Seeds are ``range(seed_offset, seed_offset + num_seeds)`` for every prompt, so each validation
     image is reproducible and can be compared across steps and runs.
     """
 
-    def __init__(self, prompts: Sequence[str], num_seeds: int = 2, seed_offset: int = 0) -> None:
+    def __init__(
+        self, prompts: Sequence[str | Record], num_seeds: int = 2, seed_offset: int = 0
+    ) -> None:
         if len(prompts) == 0 or num_seeds < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"ValidationPrompts needs prompts and num_seeds >= 1, got {len(prompts)} prompts "
                 f"and num_seeds={num_seeds}"
             )
+        records = [(p, None) if isinstance(p, str) else p for p in prompts]
         seeds = range(seed_offset, seed_offset + num_seeds)
-        self.items = [(prompt, seed) for prompt in prompts for seed in seeds]
+        self.items = [(prompt, seed, meta) for prompt, meta in records for seed in seeds]
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        prompt, seed = self.items[index]
-        return {"prompt": prompt, "seed": seed}
-
-
-def collate_train(batch: list[str]) -> dict[str, list[str]]:
-    """Batch prompt strings as a list (the default collate would also work, but say it plainly)."""
-    return {"prompts": list(batch)}
+        prompt, seed, metadata = self.items[index]
+        item: dict[str, Any] = {"prompt": prompt, "seed": seed}
+        if metadata is not None:
+            item["metadata"] = metadata
+        return item
 
 
 def collate_val(batch: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    """Batch validation items as parallel lists (seeds stay Python ints for ``torch.Generator``)."""
-    return {
+    """Validation items as parallel lists (seeds stay Python ints for ``torch.Generator``)."""
+    out: dict[str, list[Any]] = {
         "prompts": [item["prompt"] for item in batch],
         "seeds": [item["seed"] for item in batch],
     }
+    if batch and "metadata" in batch[0]:
+        out["metadata"] = [item["metadata"] for item in batch]
+    return out
+
+
+def _one_line(error: ConfigError) -> ConfigError:
+    """A ConfigError re-raised from a DataLoader worker carries the worker's traceback in its
+    message; keep only the original one-line message so the CLI can print it as such."""
+    text = str(error).strip()
+    if "\n" not in text:
+        return error
+    last = text.splitlines()[-1]
+    marker = "ConfigError: "
+    return ConfigError(last[last.index(marker) + len(marker) :] if marker in last else last)
+
+
+class _OneLineErrors:
+    """Iterator wrapper applying :func:`_one_line` to errors from the DataLoader's iterator."""
+
+    def __init__(self, iterator: Iterator[Any]) -> None:
+        self.iterator = iterator
+
+    def __iter__(self) -> _OneLineErrors:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self.iterator)
+        except ConfigError as error:
+            # Stop the workers now: left to garbage collection through the traceback, the
+            # shutdown would wait 5 s per worker (as Lightning does, use torch's own method).
+            shutdown = getattr(self.iterator, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+            raise _one_line(error) from None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"iterator": iter(())}  # a live DataLoader iterator cannot be pickled
 
 
 class _StreamLoader(DataLoader):
-    """DataLoader that moves its PromptStream to a fresh epoch on every ``iter()``.
+    """DataLoader that starts its PromptStream at the consumed position on every ``iter()``.
 
-    Lightning starts a new iteration of the train loader each epoch (e.g. with
-    ``limit_train_batches``) and never calls ``set_epoch`` on an IterableDataset; without this the
-    stream would replay the same prompt order every epoch. Workers must not be persistent, so that
-    they receive the updated dataset copy on each ``iter()``.
+    Lightning calls ``iter()`` at the start of fit (after restoring a checkpoint) and of each
+    later epoch; the stream then continues exactly after the last batch the training loop
+    received, whatever was prefetched and discarded. Workers are not persistent, so each
+    ``iter()`` hands them the updated start.
     """
 
-    _iterations = 0
+    def __init__(self, dataset: PromptStream, start: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(dataset, batch_size=None, persistent_workers=False, **kwargs)
+        self.start = start
 
     def __iter__(self) -> Any:
-        self.dataset.set_epoch(self._iterations)
-        self._iterations += 1
-        return super().__iter__()
+        self.dataset.start = self.start()
+        return _OneLineErrors(super().__iter__())
+
+    # Declares the loader resumable, which it is through the DataModule's state; otherwise
+    # Lightning warns on a mid-epoch resume when epochs are finite (limit_train_batches).
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+        raise ConfigError(f"{name}={value!r} must be an integer >= {minimum}")
 
 
 class PromptDataModule(L.LightningDataModule):
-    """Prompts for DRaFT: an infinite shuffled training stream and a fixed validation grid."""
+    """Prompts for DRaFT: an endless, streamed, shuffled training stream and a fixed validation
+    grid; the stream position is saved in checkpoints so a resumed run sees the same prompts."""
 
     def __init__(
         self,
@@ -231,14 +191,24 @@ class PromptDataModule(L.LightningDataModule):
         num_val_seeds: int = 2,
         seed: int = 0,
         num_workers: int = 0,
+        prompt_field: str = "prompt",
+        metadata_fields: list[str] | None = None,
+        shuffle_buffer: int = 10_000,
+        scan_files: bool = True,
+        max_prompt_tokens: int = 75,
+        hf_split: str = "train",
+        hf_subset: str | None = None,
     ) -> None:
-        """Load and validate the prompt sources now, so config mistakes fail before training.
+        """Resolve and check the prompt sources now, so mistakes fail before training starts.
 
         Args:
-            train_prompts: Training prompts: a built-in set (simple_animals, general), a path to a
-                .txt file with one prompt per line, or an inline list of prompts.
-            val_prompts: Validation prompts, same forms as train_prompts. None uses the first
-                num_val_prompts training prompts.
+            train_prompts: Training prompts: a built-in set (simple_animals, general); a file or a
+                glob over files (.txt one prompt per line; .jsonl/.json with prompt_field; .csv/
+                .tsv with a header row and a prompt_field column; .parquet with pyarrow);
+                hf:<dataset id> to stream a Hugging Face dataset (needs the datasets package);
+                or an inline list of prompts. Files are streamed, never loaded whole.
+            val_prompts: Validation prompts, same forms as train_prompts (read whole: keep it
+                small). None uses the first num_val_prompts training prompts in source order.
             batch_size: Prompts per training batch on each device.
             val_batch_size: (prompt, seed) pairs per validation batch on each device. None uses
                 batch_size.
@@ -248,6 +218,21 @@ class PromptDataModule(L.LightningDataModule):
                 fixed so validation images are comparable across steps and runs.
             seed: Seed of the training prompt order; the same seed gives the same order.
             num_workers: DataLoader worker processes per device (0 loads in the main process).
+            prompt_field: JSON field or table column holding the prompt (.jsonl, .json, .csv,
+                .tsv, .parquet, hf:).
+            metadata_fields: Fields/columns carried with each prompt (e.g. [style] for HPDv2);
+                batches then have a "metadata" list of dicts beside "prompts".
+            shuffle_buffer: Prompts held in memory for shuffling; each pass is a new seeded
+                order. A source no larger than this is shuffled uniformly; 1 keeps file order.
+            scan_files: Read local files once at start-up (constant memory; about 1 s per
+                million .txt lines, 2-5 s for .jsonl) to count prompts and check every line.
+                False checks only the first 1000 prompts, and a bad line further on stops
+                training when reached. hf: sources are never scanned in full.
+            max_prompt_tokens: Estimated CLIP tokens above which a prompt counts as too long for
+                the one start-up warning; the text encoder truncates such prompts at its
+                77-token limit (75 + start and end tokens).
+            hf_split: Split of an hf: dataset.
+            hf_subset: Configuration (subset) of an hf: dataset, if it has several.
         """
         super().__init__()
         _check_int("batch_size", batch_size, 1)
@@ -257,18 +242,62 @@ class PromptDataModule(L.LightningDataModule):
         _check_int("num_val_seeds", num_val_seeds, 1)
         _check_int("seed", seed, 0)
         _check_int("num_workers", num_workers, 0)
+        _check_int("shuffle_buffer", shuffle_buffer, 1)
+        _check_int("max_prompt_tokens", max_prompt_tokens, 1)
         self.save_hyperparameters()
         self.batch_size = batch_size
         self.val_batch_size = batch_size if val_batch_size is None else val_batch_size
         self.num_workers = num_workers
+        self.max_prompt_tokens = max_prompt_tokens
+        options = dict(
+            prompt_field=prompt_field,
+            metadata_fields=metadata_fields or (),
+            hf_split=hf_split,
+            hf_subset=hf_subset,
+        )
 
-        train = load_prompts(train_prompts, name="train_prompts")
+        train = PromptSource(train_prompts, name="train_prompts", **options)
+        found = train.check(full=scan_files, max_tokens=max_prompt_tokens)
+        self._warn_long(train, found)
+        # datasets' streaming gives each DataLoader worker only some of its shards, but every
+        # worker must read the whole stream (see data_stream), so hf: is read in the main process.
+        self.train_workers = num_workers if train.is_local else 0
+        if num_workers and not train.is_local:
+            rank_zero_warn(
+                f"{train.describe()} is read in the main process (num_workers={num_workers} "
+                "applies to validation only): Hugging Face streaming splits its shards among "
+                "DataLoader workers"
+            )
+        self.train_set = PromptStream(
+            train,
+            batch_size=batch_size,
+            seed=seed,
+            shuffle_buffer=shuffle_buffer,
+            num_prompts=found.num_prompts,
+        )
         if val_prompts is None:
-            val = train[:num_val_prompts]
+            val_records = train.head(num_val_prompts)
         else:
-            val = load_prompts(val_prompts, name="val_prompts")
-        self.train_set = PromptStream(train, seed=seed)
-        self.val_set = ValidationPrompts(val, num_seeds=num_val_seeds)
+            val = PromptSource(val_prompts, name="val_prompts", **options)
+            self._warn_long(val, val.check(full=True, max_tokens=max_prompt_tokens))
+            val_records = list(val.records())
+        self.val_set = ValidationPrompts(val_records, num_seeds=num_val_seeds)
+        # Global prompt position of the next training batch (all ranks together); advanced as
+        # the training loop receives batches, saved in and restored from checkpoints.
+        self.position = 0
+        self._stream_id = (
+            f"{train.describe()} seed={seed} shuffle_buffer={shuffle_buffer} "
+            f"prompts={found.num_prompts}"
+        )
+
+    def _warn_long(self, source: PromptSource, found: SourceCheck) -> None:
+        if found.too_long:
+            scope = "" if found.num_prompts is not None else f"the first {found.checked} "
+            rank_zero_warn(
+                f"{source.describe()}: {found.too_long} of {scope}{found.checked} prompts look "
+                f"longer than {self.max_prompt_tokens} CLIP tokens (estimated); the text encoder "
+                "truncates them to its 77-token limit"
+            )
 
     def setup(self, stage: str) -> None:
         """Shard the training stream by the trainer's rank (unsharded without a trainer)."""
@@ -276,14 +305,10 @@ class PromptDataModule(L.LightningDataModule):
             self.train_set.set_distributed(self.trainer.world_size, self.trainer.global_rank)
 
     def train_dataloader(self) -> DataLoader:
-        # Lightning does not add a DistributedSampler to IterableDatasets: PromptStream shards
-        # itself by rank and worker. persistent_workers stays False (see _StreamLoader).
+        # Lightning adds no DistributedSampler to an IterableDataset: PromptStream deals batches
+        # to ranks and workers itself, in the order the DataLoader collects them.
         return _StreamLoader(
-            self.train_set,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            collate_fn=collate_train,
-            persistent_workers=False,
+            self.train_set, start=lambda: self.position, num_workers=self.train_workers
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -298,3 +323,27 @@ class PromptDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=collate_val,
         )
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Advance the position by each training batch the loop actually receives.
+
+        Lightning's fetcher and the DataLoader's workers read batches ahead; those are not
+        counted, so a checkpoint holds the position after the last batch trained on.
+        """
+        trainer = self.trainer
+        if trainer is not None and trainer.training and isinstance(batch, dict):
+            self.position += len(batch["prompts"]) * trainer.world_size
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved by Lightning in every checkpoint (under this class's name)."""
+        return {"position": self.position, "stream": self._stream_id}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restored by Lightning before the training loader is iterated."""
+        self.position = int(state_dict["position"])
+        if state_dict.get("stream") != self._stream_id:
+            rank_zero_warn(
+                f"the checkpoint's prompt stream ({state_dict.get('stream')}) differs from this "
+                f"run's ({self._stream_id}); continuing at position {self.position} of the new one"
+            )
