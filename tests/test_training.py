@@ -83,9 +83,16 @@ def test_step_noise_is_reproducible_and_independent_of_the_world_size():
     one_rank = StepRandomness(seed=0, step=3, micro_batch=0).randn(4, shape)
     torch.testing.assert_close(one_rank, StepRandomness(0, 3, 0).randn(4, shape))
     ranks = [StepRandomness(0, 3, 0, rank=r, world_size=2).randn(2, shape) for r in (0, 1)]
-    # Global row j belongs to rank j % 2: the order the prompt stream deals prompts in.
-    torch.testing.assert_close(torch.stack([ranks[0], ranks[1]], 1).flatten(0, 1), one_rank)
+    # Rank r keeps global rows [2r, 2r + 2): the block of the global batch the stream deals it.
+    torch.testing.assert_close(torch.cat(ranks), one_rank)
     assert not torch.equal(ranks[0], ranks[1])
+    # Copy-major draws (DRaFT-LV's re-noising): each rank keeps its block of every copy.
+    copies = StepRandomness(0, 3, 0).randn(3 * 4, shape, copies=3).reshape(3, 4, *shape)
+    per_rank = [
+        StepRandomness(0, 3, 0, rank=r, world_size=2).randn(3 * 2, shape, copies=3) for r in (0, 1)
+    ]
+    for r in (0, 1):
+        torch.testing.assert_close(per_rank[r].reshape(3, 2, *shape), copies[:, 2 * r : 2 * r + 2])
     assert not torch.equal(one_rank, StepRandomness(1, 3, 0).randn(4, shape))  # seed
     assert not torch.equal(one_rank, StepRandomness(0, 4, 0).randn(4, shape))  # step
     assert not torch.equal(one_rank, StepRandomness(0, 3, 1).randn(4, shape))  # micro-batch

@@ -116,7 +116,8 @@ class DraftLV(Estimator):
         ).latents
         start = sampler.num_steps - self.renoise_steps
         x0 = base.detach().repeat(self.n, 1, 1, 1)
-        eps = rng.randn(x0.shape[0], tuple(x0.shape[1:]), dtype=x0.dtype).to(x0.device)
+        shape = tuple(x0.shape[1:])
+        eps = rng.randn(x0.shape[0], shape, dtype=x0.dtype, copies=self.n).to(x0.device)
         t = torch.tensor([sampler.timesteps[start]])
         renoised = sampler.scheduler.add_noise(x0, eps, t)
         copies = sampler.sample(

@@ -54,13 +54,14 @@ class TextConditioning:
 
     cond: torch.Tensor
     uncond: torch.Tensor | None
+    copies: int = 1  # how many copies of each prompt the batch holds (copy-major)
 
     def repeat(self, copies: int) -> TextConditioning:
         """The same prompts `copies` times, copy-major ([c0 prompts..., c1 prompts...])."""
         if copies == 1:
             return self
         uncond = None if self.uncond is None else self.uncond.repeat(copies, 1, 1)
-        return TextConditioning(self.cond.repeat(copies, 1, 1), uncond)
+        return TextConditioning(self.cond.repeat(copies, 1, 1), uncond, self.copies * copies)
 
 
 class PromptEncoder(nn.Module):
@@ -213,7 +214,8 @@ class DDIMSampler:
         if self.settings.eta > 0:
             if rng is None:
                 raise ValueError("eta > 0 needs an rng for the DDIM noise")
-            noise = rng.randn(latents.shape[0], tuple(latents.shape[1:]), latents.dtype)
+            shape = tuple(latents.shape[1:])
+            noise = rng.randn(latents.shape[0], shape, latents.dtype, copies=text.copies)
             noise = noise.to(latents.device)
         out = self.scheduler.step(
             model_output, t, latents, eta=self.settings.eta, variance_noise=noise
