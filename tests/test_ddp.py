@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -156,3 +157,72 @@ def test_bf16_mixed_runs_on_the_cpu_and_lora_stays_float32(tiny_sd, tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
     assert all(torch.isfinite(p).all() for p in after)
     assert torch.isfinite(trainer.callback_metrics["train/reward"])
+
+
+def one_step(tmp_path: Path, devices: int, batch: int, record: Path) -> dict[str, torch.Tensor]:
+    """LoRA weights after one plain SGD step (lr 1), so updates compare as gradients."""
+    run = tmp_path / f"devices{devices}"
+    run.mkdir()
+    completed = subprocess.run(
+        [
+            LIGHTNING,
+            "fit",
+            "--config",
+            str(ROOT / "configs/draft_lv.yaml"),
+            "--config",
+            str(ROOT / "configs/cpu_tiny.yaml"),
+            "--trainer.max_steps",
+            "1",
+            "--trainer.devices",
+            str(devices),
+            "--trainer.strategy",
+            "ddp" if devices > 1 else "auto",
+            "--trainer.num_sanity_val_steps",
+            "0",
+            "--trainer.limit_val_batches",
+            "0",
+            "--trainer.gradient_clip_val",
+            "null",
+            "--data.batch_size",
+            str(batch),
+            "--model.sampling.num_steps",
+            "4",
+            "--model.optimizer",
+            "torch.optim.SGD",
+            "--model.optimizer.lr",
+            "1.0",
+            "--trainer.callbacks+",
+            "plugins.recorders.RecordSamples",
+            "--trainer.callbacks.folder",
+            str(record),
+        ],
+        cwd=run,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    (checkpoint,) = run.glob("runs/draft_lv/version_0/checkpoints/last.ckpt")
+    return torch.load(checkpoint, weights_only=True)["state_dict"]
+
+
+def read_records(folder: Path) -> list[dict]:
+    return [json.loads(line) for f in sorted(folder.glob("*.jsonl")) for line in open(f)]
+
+
+def test_a_ddp_step_equals_one_process_with_the_global_batch(tmp_path, tiny_sd):
+    single = one_step(tmp_path, devices=1, batch=4, record=tmp_path / "single")
+    ddp = one_step(tmp_path, devices=2, batch=2, record=tmp_path / "ddp")
+    assert single.keys() == ddp.keys() and single
+    lora_b = [v for k, v in single.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().max() > 0 for v in lora_b), "B starts at 0: the step moved it"
+    for name in single:
+        torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=1e-7)
+    # The same (prompt, x_T) pairs, dealt across the two ranks without repeats.
+    seen_single = {(r["prompt"], r["noise"]) for r in read_records(tmp_path / "single")}
+    records = read_records(tmp_path / "ddp")
+    pairs = [(r["prompt"], r["noise"]) for r in records]
+    assert {r["rank"] for r in records} == {0, 1}
+    assert len(pairs) == len(set(pairs)) == 4
+    assert set(pairs) == seen_single

@@ -1,0 +1,31 @@
+"""Callbacks that record what each rank trained on, for distributed tests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from lightning.pytorch import Callback
+
+
+class RecordSamples(Callback):
+    """Append (rank, step, prompt, hash of that sample's x_T) per training sample to
+    <folder>/rank<r>.jsonl.
+
+    Args:
+        folder: where the files go.
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        prompts = batch["prompts"]
+        noise = pl_module.step_randomness(batch_idx).randn(len(prompts), pl_module.latent_shape)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / f"rank{trainer.global_rank}.jsonl", "a") as file:
+            for prompt, row in zip(prompts, noise, strict=True):
+                digest = hashlib.sha1(row.numpy().tobytes()).hexdigest()
+                entry = {"rank": trainer.global_rank, "step": trainer.global_step}
+                file.write(json.dumps({**entry, "prompt": prompt, "noise": digest}) + "\n")
