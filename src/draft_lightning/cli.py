@@ -82,7 +82,58 @@ def _cli_class():
                     for args, kwargs in held_warnings:
                         show_warning(*args, **kwargs)
 
+        def before_instantiate_classes(self) -> None:
+            config = self.config.get(self.subcommand) if self.subcommand else self.config
+            if config is not None and config.get("ckpt_path") == "last":
+                resume_last(config)
+
+        def add_arguments_to_parser(self, parser) -> None:
+            """Callbacks every run needs, as named groups: an overlay changes one key
+            (`checkpoint.every_n_train_steps: 10`) instead of repeating a callbacks list."""
+            from lightning.pytorch.callbacks import ModelCheckpoint
+
+            from draft_lightning.callbacks import (
+                ImageWriter,
+                LoraExport,
+                NonFiniteGuard,
+                RunSummary,
+            )
+            from draft_lightning.monitoring import TensorBoardMonitor
+
+            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.set_defaults(
+                {
+                    "checkpoint.save_last": True,
+                    "checkpoint.save_top_k": 0,  # only last.ckpt; best_checkpoint selects
+                    "checkpoint.every_n_train_steps": 100,
+                }
+            )
+            parser.add_lightning_class_args(ModelCheckpoint, "best_checkpoint")
+            parser.set_defaults(
+                {
+                    "best_checkpoint.monitor": "val/reward",
+                    "best_checkpoint.mode": "max",
+                    "best_checkpoint.filename": "best-step={step}-reward={val/reward:.4f}",
+                    "best_checkpoint.auto_insert_metric_name": False,
+                }
+            )
+            parser.add_lightning_class_args(LoraExport, "lora_export")
+            parser.add_lightning_class_args(NonFiniteGuard, "nonfinite_guard")
+            parser.add_lightning_class_args(TensorBoardMonitor, "monitor")
+            parser.add_lightning_class_args(ImageWriter, "predictions")
+            parser.add_lightning_class_args(RunSummary, "run_summary")
+
         def instantiate_trainer(self, **kwargs):
+            from lightning.pytorch.plugins.io import CheckpointIO
+
+            from draft_lightning.checkpoint_io import AtomicCheckpointIO
+
+            configured = self._get(self.config_init, "trainer", default={}).get("plugins")
+            plugins = kwargs.get("plugins", configured) or []
+            plugins = plugins if isinstance(plugins, list) else [plugins]
+            if not any(isinstance(p, CheckpointIO) for p in plugins):
+                # Atomic checkpoint files in every run, whatever plugins a config lists.
+                kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
             try:
                 return super().instantiate_trainer(**kwargs)
             except MisconfigurationException as error:
@@ -90,6 +141,27 @@ def _cli_class():
                 raise ConfigError(f"trainer: {error}") from error
 
     return DraftCLI
+
+
+def resume_last(config) -> None:
+    """`--ckpt_path last`: the newest last.ckpt among this run's TensorBoard versions, and log
+    on into that version. Lightning alone looks only in the new version's folder, so a run
+    preempted under versioned logs would start again from zero. Without any last.ckpt,
+    Lightning's own handling remains (a warning, then a fresh start), which suits requeue
+    scripts that always pass --ckpt_path last."""
+    from pathlib import Path
+
+    logger = config.get("trainer", {}).get("logger")
+    if not logger or "TensorBoardLogger" not in str(logger.get("class_path", "")):
+        return
+    args = logger.get("init_args", {})
+    if args.get("version") is not None:
+        return
+    root = Path(args.get("save_dir") or ".") / (args.get("name") or "lightning_logs")
+    found = sorted(root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if found:
+        config["ckpt_path"] = str(found[-1])
+        args["version"] = found[-1].parent.parent.name
 
 
 def _user_error(error: BaseException) -> BaseException | None:

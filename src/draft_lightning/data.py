@@ -198,6 +198,8 @@ class PromptDataModule(L.LightningDataModule):
         max_prompt_tokens: int = 75,
         hf_split: str = "train",
         hf_subset: str | None = None,
+        eval_prompts: str | list[str] | None = None,
+        num_eval_seeds: int | None = None,
     ) -> None:
         """Resolve and check the prompt sources now, so mistakes fail before training starts.
 
@@ -233,6 +235,10 @@ class PromptDataModule(L.LightningDataModule):
                 77-token limit (75 + start and end tokens).
             hf_split: Split of an hf: dataset.
             hf_subset: Configuration (subset) of an hf: dataset, if it has several.
+            eval_prompts: Prompts for `lightning test` and `lightning predict`, same forms as
+                val_prompts (read whole). None uses the validation prompts.
+            num_eval_seeds: Seeds per prompt for test and predict (seeds 0 .. n - 1). None uses
+                num_val_seeds.
         """
         super().__init__()
         _check_int("batch_size", batch_size, 1)
@@ -282,6 +288,15 @@ class PromptDataModule(L.LightningDataModule):
             self._warn_long(val, val.check(full=True, max_tokens=max_prompt_tokens))
             val_records = list(val.records())
         self.val_set = ValidationPrompts(val_records, num_seeds=num_val_seeds)
+        if num_eval_seeds is not None:
+            _check_int("num_eval_seeds", num_eval_seeds, 1)
+        if eval_prompts is None:
+            eval_records = val_records
+        else:
+            evaluation = PromptSource(eval_prompts, name="eval_prompts", **options)
+            self._warn_long(evaluation, evaluation.check(full=True, max_tokens=max_prompt_tokens))
+            eval_records = list(evaluation.records())
+        self.eval_set = ValidationPrompts(eval_records, num_seeds=num_eval_seeds or num_val_seeds)
         # Global prompt position of the next training batch (all ranks together); advanced as
         # the training loop receives batches, saved in and restored from checkpoints.
         self.position = 0
@@ -316,8 +331,17 @@ class PromptDataModule(L.LightningDataModule):
         # DistributedSampler(shuffle=False), which splits the grid across ranks; when the grid size
         # is not divisible by world_size it pads by repeating a few items, so those few (prompt,
         # seed) pairs are evaluated twice. We rely on that rather than sharding here.
+        return self._grid_loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._grid_loader(self.eval_set)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._grid_loader(self.eval_set)
+
+    def _grid_loader(self, grid: ValidationPrompts) -> DataLoader:
         return DataLoader(
-            self.val_set,
+            grid,
             batch_size=self.val_batch_size,
             shuffle=False,
             num_workers=self.num_workers,

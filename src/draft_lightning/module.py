@@ -300,8 +300,9 @@ class DraftModule(LightningModule):
             self.log(f"{stage}/reward", total, prog_bar=True, sync_dist=True)
             self.log_dict(values, sync_dist=True)
             values[f"{stage}/reward"] = total
-            # x-axis = optimiser steps taken (0 = the base model), as for the images.
-            self.log("step", float(self.global_step), sync_dist=True)
+            if self.trainer.state.fn == "fit":
+                # x-axis = optimiser steps taken (0 = the base model), as for the images.
+                self.log("step", float(self.global_step), sync_dist=True)
         self.eval_history.append((self.global_step, {k: float(v) for k, v in values.items()}))
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

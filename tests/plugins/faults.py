@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import torch
+from lightning.pytorch import Callback
 
 from draft_lightning.rewards import Brightness
 
@@ -28,3 +32,19 @@ class RaiseOnRank(Brightness):
                 raise RuntimeError(f"injected failure on rank {self.fail_rank}")
             self.calls += 1
         return super().forward(images, prompts)
+
+
+class KillAtStep(Callback):
+    """SIGKILL this process as the batch after optimiser step `step` begins (its checkpoint,
+    written at the end of the previous batch, is on disk): a preemption without warning.
+
+    Args:
+        step: the global step at which the process dies.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -29,3 +29,22 @@ class RecordSamples(Callback):
                 digest = hashlib.sha1(row.numpy().tobytes()).hexdigest()
                 entry = {"rank": trainer.global_rank, "step": trainer.global_step}
                 file.write(json.dumps({**entry, "prompt": prompt, "noise": digest}) + "\n")
+
+
+class RecordRewards(Callback):
+    """Append each step's training reward to <folder>/rewards.jsonl, flushed at once (a killed
+    run keeps what it logged, unlike buffered TensorBoard events).
+
+    Args:
+        folder: where the file goes.
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        reward = float(pl_module.last_train_scores["reward"].mean())
+        self.folder.mkdir(parents=True, exist_ok=True)
+        line = {"step": trainer.global_step, "reward": reward, "prompts": batch["prompts"]}
+        with open(self.folder / "rewards.jsonl", "a") as file:
+            file.write(json.dumps(line) + "\n")
