@@ -63,3 +63,22 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_sd):
     ours, reference = lora(broken), lora(straight)
     assert ours.keys() == reference.keys()
     assert all(torch.equal(ours[k], reference[k]) for k in ours)
+
+
+def test_missing_or_corrupt_checkpoints_are_refused_in_one_line(tmp_path):
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    plain = tmp_path / "plain.ckpt"
+    torch.save({"weights": torch.ones(2)}, plain)
+    for path, expected in [
+        (tmp_path / "missing.ckpt", "no such file"),
+        (corrupt, "is not a readable checkpoint"),
+        (plain, "is not a Lightning checkpoint"),
+    ]:
+        before = sorted(tmp_path.iterdir())
+        done = fit(tmp_path, "--ckpt_path", str(path))
+        assert done.returncode == 2
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ckpt_path=") and expected in lines[0]
+        assert "Traceback" not in done.stderr + done.stdout
+        assert sorted(tmp_path.iterdir()) == before  # nothing written

@@ -48,6 +48,14 @@ def _cli_class():
 
         def parse_arguments(self, parser, args) -> None:
             super().parse_arguments(parser, args)
+            # Before LightningCLI reads the checkpoint's hyperparameters (which would fail
+            # with a traceback on a corrupt file) and before any model loads.
+            subcommand = self.config.get("subcommand")
+            config = self.config.get(subcommand) if subcommand else self.config
+            if config is not None and config.get("ckpt_path") == "last":
+                resume_last(config)
+            if config is not None and config.get("ckpt_path"):
+                check_checkpoint(str(config["ckpt_path"]))
             self._held_seed_records = _HoldRecords()
             logging.getLogger(SEED_LOGGER).addFilter(self._held_seed_records)
 
@@ -81,11 +89,6 @@ def _cli_class():
                         seed_logger.handle(record)
                     for args, kwargs in held_warnings:
                         show_warning(*args, **kwargs)
-
-        def before_instantiate_classes(self) -> None:
-            config = self.config.get(self.subcommand) if self.subcommand else self.config
-            if config is not None and config.get("ckpt_path") == "last":
-                resume_last(config)
 
         def add_arguments_to_parser(self, parser) -> None:
             """Callbacks every run needs, as named groups: an overlay changes one key
@@ -162,6 +165,30 @@ def resume_last(config) -> None:
     if found:
         config["ckpt_path"] = str(found[-1])
         args["version"] = found[-1].parent.parent.name
+
+
+def check_checkpoint(path: str) -> None:
+    """Refuse a missing or unreadable --ckpt_path in one line before any model loads (else
+    Lightning fails with a traceback after the weights are in memory). Lightning's named
+    checkpoints ("last" with none found, "best", "hpc") are left to it."""
+    from pathlib import Path
+
+    import torch
+
+    if path in ("last", "best", "hpc", "registry"):
+        return
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"ckpt_path={path!r}: no such file")
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # noqa: BLE001 - truncated, corrupt or not a checkpoint at all
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ConfigError(
+            f"ckpt_path={path!r} is not a readable checkpoint ({first[:160]})"
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ConfigError(f"ckpt_path={path!r} is not a Lightning checkpoint (no state_dict)")
 
 
 def _user_error(error: BaseException) -> BaseException | None:
