@@ -244,3 +244,34 @@ def test_draft_plus_penalty_matches_reference(module):
     assert_same_gradient(ours, reference_grad(module, loss_fn))
     without_penalty = training_step_grad(module, DraftK(2))
     assert not torch.allclose(ours[1], without_penalty[1], rtol=1e-3), "penalty had no effect"
+
+
+def test_v_prediction_model_matches_reference(tiny_sd):
+    """The same loop on an SD2-style v-prediction model (the scheduler converts v to x0/eps)."""
+    torch.manual_seed(0)
+    v_module = make_module(pretrained_model="tiny:sd-v")
+    assert v_module.sampler.scheduler.config.prediction_type == "v_prediction"
+    with torch.no_grad():
+        for name, p in v_module.unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    for estimator, k in ((DraftK(2), 2), (DraftLV(n=2), None)):
+        ours = training_step_grad(v_module, estimator)
+
+        def loss_fn(k=k):
+            ref = Reference(v_module)
+            noise, generator = noise_and_generator(v_module)
+            steps = len(ref.timesteps)
+            if k is not None:
+                x0 = ref.chain(noise, [0, 1], detach_at=steps - k).prev_sample
+                return ref.loss_from_latents(x0, PROMPTS)
+            base = ref.chain(noise, [0, 1], detach_at=steps).prev_sample.detach()
+            eps = generator.randn(2 * len(PROMPTS), v_module.latent_shape)
+            abar = ref.scheduler.alphas_cumprod[ref.timesteps[-1]]
+            copies = [
+                ref.step(abar.sqrt() * base + (1 - abar).sqrt() * e, steps - 1, [0, 1]).prev_sample
+                for e in eps.chunk(2)
+            ]
+            return ref.loss_from_latents(torch.cat(copies), PROMPTS * 2)
+
+        assert_same_gradient(ours, reference_grad(v_module, loss_fn))

@@ -11,15 +11,20 @@ from draft_lightning.errors import ConfigError
 from draft_lightning.sampling import SamplingSettings
 
 
-@pytest.mark.parametrize("guidance", [1.0, 4.0])
-def test_no_grad_sampling_reproduces_the_diffusers_pipeline(tiny_sd, guidance):
+@pytest.mark.parametrize(
+    ("model", "guidance"), [("tiny:sd", 1.0), ("tiny:sd", 4.0), ("tiny:sd-v", 4.0)]
+)
+def test_no_grad_sampling_reproduces_the_diffusers_pipeline(tiny_sd, model, guidance):
+    from draft_lightning.models import resolve_pretrained
+
     module = make_module(
-        sampling=SamplingSettings(num_steps=5, guidance_scale=guidance, resolution=32)
+        pretrained_model=model,
+        sampling=SamplingSettings(num_steps=5, guidance_scale=guidance, resolution=32),
     )
     prompts, seeds = ["a cat", "an astronaut riding a horse"], [3, 7]
     ours = module.generate(prompts, seeds)
 
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None)
+    pipe = StableDiffusionPipeline.from_pretrained(resolve_pretrained(model), safety_checker=None)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     noise = torch.stack(
