@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint clean
+.PHONY: install test demo lint clean screenshots
 
 install: $(STAMP)
 
@@ -21,9 +21,12 @@ test: install
 demo: install
 	$(BIN)/lightning fit --config configs/draft_lv.yaml --config configs/cpu_tiny.yaml
 
+screenshots: install
+	$(BIN)/python scripts/tensorboard_screenshot.py
+
 lint: install
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
 
 clean:
 	rm -rf $(VENV) .cache runs lightning_logs .pytest_cache .ruff_cache

@@ -103,8 +103,8 @@ def test_histograms_hparams_and_custom_scalars_are_present(events):
     layout = layout_pb2.Layout()
     layout.ParseFromString(tensor_util.make_ndarray(config).item())
     charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
-    assert charts["reward/brightness"] == ["train/reward/brightness", "val/reward/brightness"]
-    assert charts["reward"] == ["train/reward", "val/reward"]
+    assert charts["reward/brightness"] == ["^train/reward/brightness$", "^val/reward/brightness$"]
+    assert charts["reward"] == ["^train/reward$", "^val/reward$"]
 
 
 def test_two_runs_with_the_same_seed_log_identical_images(events, tmp_path):

@@ -63,11 +63,14 @@ class TensorBoardMonitor(Callback):
         if writer is None or self._layout_written:
             return
         names = ["reward", *(f"reward/{n}" for n in pl_module.reward.part_names)]
+        # Chart tags are regular expressions in TensorBoard: anchor them, or "train/reward"
+        # would also draw every train/reward/<name> curve.
         charts = {
-            name: ["Multiline", [f"train/{name}", f"val/{name}"]] for name in dict.fromkeys(names)
+            name: ["Multiline", [f"^train/{name}$", f"^val/{name}$"]]
+            for name in dict.fromkeys(names)
         }
-        charts["diversity"] = ["Multiline", ["val/diversity"]]
-        charts["loss and gradient"] = ["Multiline", ["train/loss", "train/grad_norm"]]
+        charts["diversity"] = ["Multiline", ["^val/diversity$"]]
+        charts["loss and gradient"] = ["Multiline", ["^train/loss$", "^train/grad_norm$"]]
         writer.add_custom_scalars({"draft-lightning": charts})
         self._layout_written = True
 

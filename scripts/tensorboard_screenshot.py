@@ -1,0 +1,86 @@
+"""Regenerate the TensorBoard pictures in docs/tensorboard.md from a real demo run.
+
+Trains the demo (draft_lv + cpu_tiny), serves its logs with TensorBoard on 127.0.0.1 and
+photographs the scalars, images and custom-scalars pages with headless Chromium (Debian's
+`chromium` package: `apt-get install chromium`). Run: `make screenshots`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PAGES = {
+    "tensorboard_custom_scalars.png": "#custom_scalars",
+    "tensorboard_images.png": "#images",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_served(url: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2).read(1)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit(f"TensorBoard did not answer at {url} within {seconds:.0f} s")
+
+
+def screenshot(chromium: str, url: str, out: Path) -> None:
+    subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={tempfile.mkdtemp()}", "--hide-scrollbars",
+         "--window-size=1400,1000", "--virtual-time-budget=15000", f"--screenshot={out}", url],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+
+
+def main() -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        raise SystemExit("chromium not found: apt-get install chromium")
+    work = Path(tempfile.mkdtemp(prefix="tb-demo-"))
+    subprocess.run(
+        [BIN / "lightning", "fit", "--config", ROOT / "configs/draft_lv.yaml",
+         "--config", ROOT / "configs/cpu_tiny.yaml"],
+        cwd=work, check=True,
+    )  # fmt: skip
+    port = free_port()
+    server = subprocess.Popen(
+        [BIN / "tensorboard", "--logdir", work / "runs", "--host", "127.0.0.1",
+         "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}/"
+        wait_until_served(base)
+        time.sleep(5)  # let TensorBoard finish reading the event files
+        for name, page in PAGES.items():
+            out = ROOT / "docs" / "images" / name
+            out.parent.mkdir(parents=True, exist_ok=True)
+            screenshot(chromium, base + page, out)
+            print(f"wrote {out.relative_to(ROOT)}")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
