@@ -102,6 +102,7 @@ def _cli_class():
                 RunSummary,
             )
             from draft_lightning.monitoring import TensorBoardMonitor
+            from draft_lightning.slurm import SlurmRequeue
 
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
             parser.set_defaults(
@@ -125,6 +126,7 @@ def _cli_class():
             parser.add_lightning_class_args(TensorBoardMonitor, "monitor")
             parser.add_lightning_class_args(ImageWriter, "predictions")
             parser.add_lightning_class_args(RunSummary, "run_summary")
+            parser.add_lightning_class_args(SlurmRequeue, "slurm_requeue")
 
         def instantiate_trainer(self, **kwargs):
             from lightning.pytorch.plugins.io import CheckpointIO
@@ -221,7 +223,7 @@ def main(args: list[str] | None = None) -> None:
             args=args,
         )
     except (ConfigError, ModelUnavailableError, ArgumentError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)  # one line
         raise SystemExit(2) from None
 
 
