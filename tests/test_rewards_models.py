@@ -406,3 +406,19 @@ def test_hub_sources_resolve_from_the_local_cache(monkeypatch, tmp_path):
     target.write_bytes(Path(tiny_path("tiny:aesthetic")).read_bytes())
     found = resolve_file("hf://org/aesthetic/aesthetic-model.pth", "AestheticReward.head")
     assert found.resolve() == target.resolve()
+
+
+def test_clip_rewards_give_unit_image_embeddings_for_diversity(rewards):
+    images = torch.rand(3, 3, 40, 48)
+    for reward in rewards.values():
+        features = reward.image_features(images)
+        assert features.shape[0] == 3 and features.dtype == torch.float32
+        torch.testing.assert_close(features.norm(dim=-1), torch.ones(3), rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(features[0], features[1])  # different images, different rows
+    from draft_lightning.rewards import Brightness, WeightedSum
+
+    mixed = WeightedSum([Brightness(), rewards["aesthetic"]])
+    torch.testing.assert_close(
+        mixed.image_features(images), rewards["aesthetic"].image_features(images)
+    )
+    assert Brightness().image_features(images) is None

@@ -109,5 +109,8 @@ class AestheticReward(PretrainedReward):
 
     def score_pixels(self, pixels: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """Scores of already preprocessed model inputs (what `forward` does after `transform`)."""
-        embedding = F.normalize(self.visual(pixels.to(self.weight_dtype)).float(), dim=-1)
+        embedding = self.embed_pixels(pixels)
         return self.head(embedding.to(self.weight_dtype)).squeeze(-1).float()
+
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.visual(pixels.to(self.weight_dtype)).float(), dim=-1)

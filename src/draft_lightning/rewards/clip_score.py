@@ -33,10 +33,13 @@ class OpenClipCosine(PretrainedReward):
         self.model.set_grad_checkpointing(gradient_checkpointing)
         self.finish()
 
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels.to(self.weight_dtype), normalize=True).float()
+
     def score_pixels(self, pixels: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """Scores of already preprocessed model inputs (what `forward` does after `transform`)."""
         check_batch(pixels, prompts)
-        image = self.model.encode_image(pixels.to(self.weight_dtype), normalize=True)
+        image = self.embed_pixels(pixels)
         with torch.no_grad():
             tokens = self.tokenizer(list(prompts)).to(pixels.device)
             text = self.model.encode_text(tokens, normalize=True)

@@ -67,17 +67,20 @@ class PickScoreReward(PretrainedReward):
             checkpoint_blocks(self.model.vision_model.encoder.layers)
         self.finish()
 
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        pooled = self.model.vision_model(pixel_values=pixels.to(self.weight_dtype)).pooler_output
+        image = self.model.visual_projection(pooled).float()
+        return image / image.norm(dim=-1, keepdim=True)
+
     def score_pixels(self, pixels: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """Scores of already preprocessed model inputs (what `forward` does after `transform`)."""
         check_batch(pixels, prompts)
-        pooled = self.model.vision_model(pixel_values=pixels.to(self.weight_dtype)).pooler_output
-        image = self.model.visual_projection(pooled).float()
+        image = self.embed_pixels(pixels)
         with torch.no_grad():
             tokens = self.tokenizer(
                 list(prompts), padding=True, truncation=True, max_length=77, return_tensors="pt"
             ).to(pixels.device)
             text_pooled = self.model.text_model(**tokens).pooler_output
             text = self.model.text_projection(text_pooled).float()
-        image = image / image.norm(dim=-1, keepdim=True)
         text = text / text.norm(dim=-1, keepdim=True)
         return self.model.logit_scale.exp().float() * (image * text).sum(dim=-1)

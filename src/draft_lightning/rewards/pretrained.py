@@ -50,6 +50,16 @@ class PretrainedReward(Reward):
         """One score per already preprocessed model input; subclasses implement it."""
         raise NotImplementedError
 
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """L2-normalised float32 image embeddings of preprocessed inputs; subclasses implement
+        it (the same embedding their score uses)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The reward model's own image embedding, for val/diversity."""
+        return self.embed_pixels(self.transform(images))
+
     @property
     def weight_dtype(self) -> torch.dtype:
         """The dtype the weights have now (Lightning's "*-true" precisions may recast them)."""

@@ -87,5 +87,13 @@ class WeightedSum(Reward):
         super().freeze()
         return self
 
+    def image_features(self, images: torch.Tensor) -> torch.Tensor | None:
+        """The first part's image embedding that has one (for val/diversity)."""
+        for reward in self.rewards:
+            features = reward.image_features(images)
+            if features is not None:
+                return features
+        return None
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}, weights={self.weights}"
