@@ -137,5 +137,15 @@ def test_bad_adapters_are_refused_with_one_line(trained, tmp_path):
     with pytest.raises(ConfigError, match="does not fit this UNet") as error:
         make_module(adapters=[str(alien)])
     assert "\n" not in str(error.value)
+    # An adapter made for a wider model: every LoRA A matrix has the wrong input width.
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    widened = {
+        k: torch.cat([v, v[:, :1]], dim=1) if ".lora.down." in k else v for k, v in state.items()
+    }
+    save_file(widened, wide / LORA_WEIGHTS_NAME)
+    with pytest.raises(ConfigError, match="does not fit this UNet") as error:
+        make_module(adapters=[str(wide)])
+    assert "\n" not in str(error.value)
     with pytest.raises(ConfigError, match="adapter_weights has 2 entries for 1 adapters"):
         make_module(adapters=[str(folder)], adapter_weights=[1.0, 2.0])

@@ -206,6 +206,13 @@ def lora_parameters(unet: nn.Module) -> list[nn.Parameter]:
 
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+# Names of the two LoRA matrices in files (diffusers' and peft's) and in peft's modules.
+LORA_NAMES = (
+    ("lora.down", "lora_A"),
+    ("lora.up", "lora_B"),
+    ("lora_A", "lora_A"),
+    ("lora_B", "lora_B"),
+)
 
 
 def save_lora(unet: nn.Module, folder: Path, adapter_name: str = "default") -> Path:
@@ -272,10 +279,21 @@ def load_lora(unet: nn.Module, folder: str | Path, adapter_name: str) -> None:
             f"adapter {str(folder)!r} does not fit this UNet ({type(error).__name__}: "
             f"{str(error).splitlines()[0][:200]})"
         ) from error
-    loaded = {name for name, _ in unet.named_parameters() if f".{adapter_name}." in name}
-    if not loaded or len(loaded) < len(state):
-        unet.delete_adapters(adapter_name)
-        raise ConfigError(
-            f"adapter {str(folder)!r} does not fit this UNet: {len(state)} tensors in the file, "
-            f"{len(loaded)} loaded"
-        )
+    # diffusers loads mismatched files with a warning at most: check that every tensor in the
+    # file arrived, whole and unchanged, in a parameter of this adapter.
+    params = dict(unet.named_parameters())
+    for key, tensor in state.items():
+        for file_name, part in LORA_NAMES:
+            key = key.replace(f".{file_name}.weight", f".{part}.{adapter_name}.weight")
+        param = params.get(key)
+        if (
+            param is None
+            or param.shape != tensor.shape
+            or not torch.equal(param.detach().cpu().to(tensor.dtype), tensor)
+        ):
+            unet.delete_adapters(adapter_name)
+            found = "missing" if param is None else f"shape {tuple(param.shape)}"
+            raise ConfigError(
+                f"adapter {str(folder)!r} does not fit this UNet: {key} is "
+                f"{tuple(tensor.shape)} in the file, {found} in the model"
+            )
