@@ -129,3 +129,31 @@ def test_diversity_is_zero_for_identical_images_and_grows_with_spread():
     cosine = PromptDiversity(cosine=True)
     cosine.update(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), prompt_ids(["a", "a"]))
     assert float(cosine.compute()) == pytest.approx(1.0)
+
+
+def test_validation_rewards_per_prompt_category(tiny_sd, tmp_path):
+    prompts = tmp_path / "styled.jsonl"
+    rows = [("a cat", "photo"), ("a dog", "photo"), ("a castle", "anime")]
+    prompts.write_text("".join(f'{{"prompt": "{p}", "style": "{s}"}}\n' for p, s in rows))
+    module = make_module(reward=Brightness(), category_field="style")
+    data = PromptDataModule(
+        train_prompts=str(prompts), val_prompts=str(prompts), metadata_fields=["style"],
+        batch_size=2, num_val_seeds=2,
+    )  # fmt: skip
+    logger = TensorBoardLogger(tmp_path, name="styles")
+    trainer = Trainer(accelerator="cpu", logger=logger, enable_progress_bar=False,
+                      enable_model_summary=False)  # fmt: skip
+    trainer.validate(module, data)
+    metrics = module.eval_history[-1][1]
+    evaluation = module.last_evaluation
+    for style in ("photo", "anime"):
+        rewards = [
+            s["reward"]
+            for s, c in zip(evaluation["scores"], evaluation["categories"], strict=True)
+            if c == style
+        ]
+        assert len(rewards) == 2 * sum(1 for _, s in rows if s == style)
+        assert metrics[f"val/reward_by_style/{style}"] == pytest.approx(sum(rewards) / len(rewards))
+    events = EventAccumulator(logger.log_dir)
+    events.Reload()
+    assert "val/reward_by_style/anime" in events.Tags()["scalars"]

@@ -7,6 +7,7 @@ ascend the reward by descending loss = -mean reward.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from typing import Literal
@@ -37,6 +38,9 @@ from draft_lightning.rewards import Reward
 from draft_lightning.rng import gather_rng_states, restore_rng_states
 from draft_lightning.sampling import DDIMSampler, PromptEncoder, SamplingSettings
 
+# The frozen text encoder, VAE, UNet and reward stay in eval mode on purpose.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -63,6 +67,20 @@ class DraftModule(LightningModule):
         gradient_checkpointing: recompute each differentiated UNet call in the backward pass
             instead of storing its activations.
         checkpoint_decode: the same for the VAE decode.
+        checkpoint_blocks: also checkpoint block by block inside each UNet call and the VAE
+            decoder (diffusers' gradient checkpointing), so a backward recompute holds one
+            block's activations instead of a whole call's: about half the peak memory, for one
+            more UNet forward per differentiated step (docs/benchmarks.md). The decode then
+            uses only the block checkpoints.
+        merge_lora_without_grad: run the sampling steps taken without gradient (DRaFT-K's
+            prefix, validation and predict) with the LoRA update merged into the base weights
+            (restored exactly afterwards): two fewer matmuls per adapted layer per UNet call,
+            for one extra copy of the adapted weights while merged (docs/benchmarks.md).
+            With bf16/fp16 frozen weights the merged update is rounded to that precision.
+        compile_unet: run the UNet calls made without gradient through torch.compile (the
+            first one compiles: tens of seconds on a CPU; pays off only over long runs).
+        channels_last: keep the UNet's weights in channels_last memory format (faster
+            convolutions on some hardware; measured in docs/benchmarks.md).
         frozen_dtype: storage dtype of the frozen text encoder, VAE and UNet weights
             (the LoRA weights stay float32).
         seed: seeds the per-step noise generators (with the global step and the rank).
@@ -74,6 +92,8 @@ class DraftModule(LightningModule):
         adapters: exported adapter folders to generate with instead of the trained one
             (predict/validate/test), mixed linearly with `adapter_weights`.
         adapter_weights: one weight per folder in `adapters` (default: all `lora_scale`).
+        category_field: a prompt metadata field (data.metadata_fields) whose values group the
+            validation and test rewards: logs `val/reward_by_<field>/<value>` per value.
     """
 
     def __init__(
@@ -81,23 +101,28 @@ class DraftModule(LightningModule):
         reward: Reward,
         pretrained_model: str = "CompVis/stable-diffusion-v1-4",
         estimator: Estimator | None = None,
-        sampling: SamplingSettings | None = None,
-        lora: LoraSettings | None = None,
+        sampling: SamplingSettings = SamplingSettings(),  # noqa: B008 - frozen dataclass
+        lora: LoraSettings = LoraSettings(),  # noqa: B008 - frozen dataclass
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         gradient_checkpointing: bool = True,
         checkpoint_decode: bool = True,
+        checkpoint_blocks: bool = False,
+        merge_lora_without_grad: bool = False,
+        compile_unet: bool = False,
+        channels_last: bool = False,
         frozen_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         seed: int = 0,
         kl_coeff: float = 0.0,
         lora_scale: float = 1.0,
         adapters: list[str] | None = None,
         adapter_weights: list[float] | None = None,
+        category_field: str | None = None,
     ) -> None:
         super().__init__()
         self.estimator = estimator if estimator is not None else DraftLV()
-        self.sampling = sampling if sampling is not None else SamplingSettings()
-        self.lora = lora if lora is not None else LoraSettings()
+        self.sampling = sampling
+        self.lora = lora
         if frozen_dtype not in DTYPES:
             raise ConfigError(f"frozen_dtype={frozen_dtype!r} must be one of {', '.join(DTYPES)}")
         if not isinstance(reward, Reward):
@@ -128,7 +153,12 @@ class DraftModule(LightningModule):
         self.vae = parts.vae
         self.prompt_encoder = PromptEncoder(parts.tokenizer, parts.text_encoder)
         self.sampler = DDIMSampler(
-            parts.unet, parts.scheduler, self.sampling, gradient_checkpointing
+            parts.unet,
+            parts.scheduler,
+            self.sampling,
+            gradient_checkpointing,
+            merge_lora=merge_lora_without_grad,
+            compile_unet=compile_unet,
         )
         self.latent_shape = (
             unet_config["in_channels"],
@@ -145,10 +175,17 @@ class DraftModule(LightningModule):
         self.eval_samples: list[dict] = []  # this evaluation's thumbnails and scores
         self.last_evaluation: dict | None = None  # all ranks' samples, for image callbacks
         self.checkpoint_decode = checkpoint_decode
+        self.checkpoint_blocks = checkpoint_blocks
+        if channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        if checkpoint_blocks:
+            self.unet.enable_gradient_checkpointing()
+            self.vae.enable_gradient_checkpointing()
         self.optimizer_factory: Callable = optimizer or paper_adamw
         self.lr_scheduler_factory = lr_scheduler
         self.seed = seed
         self.kl_coeff = kl_coeff
+        self.category_field = category_field
         self.lora_scale = lora_scale
         self.mix = list(adapters or [])
         self.mix_weights = list(adapter_weights or [lora_scale] * len(self.mix))
@@ -265,6 +302,7 @@ class DraftModule(LightningModule):
             {
                 "prompts": list(batch["prompts"]),
                 "seeds": [int(s) for s in batch["seeds"]],
+                "categories": self.categories(batch),
                 "thumbnails": thumbnails(images),
                 "scores": {"reward": reward.float().cpu()}
                 | {name: v.float().cpu() for name, v in parts.items()},
@@ -286,6 +324,7 @@ class DraftModule(LightningModule):
         self.last_evaluation = {"stage": stage, "step": self.global_step}
         self.last_evaluation |= gather_samples(self.eval_samples, self.trainer)
         self.eval_samples = []
+        values |= self.category_means(stage, self.last_evaluation)
         if self.trainer.sanity_checking:
             # Lightning discards metrics logged during the sanity check; when that check ran
             # the whole validation set (num_sanity_val_steps=-1) it is the base model's
@@ -305,9 +344,34 @@ class DraftModule(LightningModule):
                 self.log("step", float(self.global_step), sync_dist=True)
         self.eval_history.append((self.global_step, {k: float(v) for k, v in values.items()}))
 
+    def categories(self, batch: dict) -> list[str] | None:
+        """Each sample's value of `category_field`, from the prompts' metadata."""
+        if self.category_field is None:
+            return None
+        metadata = batch.get("metadata")
+        if metadata is None:
+            raise ConfigError(
+                f"category_field={self.category_field!r} needs prompt metadata: add it to "
+                "data.metadata_fields"
+            )
+        return [str(m.get(self.category_field)) for m in metadata]
+
+    def category_means(self, stage: str, evaluation: dict) -> dict[str, torch.Tensor]:
+        """Mean reward per category over every rank's (de-duplicated) samples."""
+        if self.category_field is None:
+            return {}
+        groups: dict[str, list[float]] = {}
+        for category, scores in zip(evaluation["categories"], evaluation["scores"], strict=True):
+            groups.setdefault(category, []).append(scores["reward"])
+        prefix = f"{stage}/reward_by_{self.category_field}"
+        return {
+            f"{prefix}/{category}": torch.tensor(sum(v) / len(v), device=self.device)
+            for category, v in sorted(groups.items())
+        }
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """VAE decode to images in [0, 1]; checkpointed when gradient flows through it."""
-        if torch.is_grad_enabled() and self.checkpoint_decode:
+        if torch.is_grad_enabled() and self.checkpoint_decode and not self.checkpoint_blocks:
             return checkpoint(self._decode, latents, use_reentrant=False)
         return self._decode(latents)
 
@@ -389,16 +453,18 @@ def gather_samples(samples: list[dict], trainer) -> dict:
     if trainer is not None and trainer.world_size > 1:
         parts = [None] * trainer.world_size
         torch.distributed.all_gather_object(parts, samples)
-    rows: dict[tuple[str, int], tuple[torch.Tensor, dict[str, float]]] = {}
+    rows: dict[tuple[str, int], tuple[torch.Tensor, dict[str, float], str | None]] = {}
     for batches in parts:
         for batch in batches:
             for i, (prompt, seed) in enumerate(zip(batch["prompts"], batch["seeds"], strict=True)):
                 scores = {name: float(v[i]) for name, v in batch["scores"].items()}
-                rows.setdefault((prompt, seed), (batch["thumbnails"][i], scores))
+                category = batch["categories"][i] if batch["categories"] else None
+                rows.setdefault((prompt, seed), (batch["thumbnails"][i], scores, category))
     keys = sorted(rows)
     return {
         "prompts": [k[0] for k in keys],
         "seeds": [k[1] for k in keys],
         "thumbnails": [rows[k][0] for k in keys],
         "scores": [rows[k][1] for k in keys],
+        "categories": [rows[k][2] for k in keys],
     }

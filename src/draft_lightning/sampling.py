@@ -10,7 +10,7 @@ The scheduler arithmetic is diffusers' own DDIMScheduler.step (epsilon and v-pre
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -128,6 +128,43 @@ class BaseDeviation:
         return self.total / self.count
 
 
+@contextmanager
+def lora_merged(unet: nn.Module) -> Iterator[None]:
+    """Fold the active LoRA adapters into their base weights while no gradient is needed,
+    then put the exact original weights back.
+
+    Why: an unmerged adapter adds two small matmuls per targeted layer to every UNet call,
+    and DRaFT-K's no-grad prefix is most of a training step. The merged weights are fresh
+    tensors, so restoring is exact (no W + BA - BA rounding drift over thousands of steps);
+    the price is one copy of the targeted weights while merged. Layers whose LoRA dropout
+    is active (training mode, dropout > 0) stay unmerged: merging would drop the dropout.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    originals = []
+    try:
+        with torch.no_grad():
+            for layer in unet.modules():
+                if not isinstance(layer, LoraLayer) or layer.merged or layer.disable_adapters:
+                    continue
+                active = [a for a in layer.active_adapters if a in layer.lora_A]
+                if layer.training and any(
+                    not isinstance(layer.lora_dropout[a], nn.Identity) for a in active
+                ):
+                    continue
+                base = layer.get_base_layer()
+                originals.append((layer, base, base.weight.data))
+                base.weight.data = base.weight.data.clone()
+                layer.merge(adapter_names=active)
+        yield
+    finally:
+        with torch.no_grad():
+            for layer, base, weight in originals:
+                if layer.merged:
+                    layer.unmerge()  # clears peft's merged state; its arithmetic is discarded
+                base.weight.data = weight
+
+
 class DDIMSampler:
     """DDIM sampling with classifier-free guidance and a gradient window.
 
@@ -142,11 +179,16 @@ class DDIMSampler:
         scheduler,
         settings: SamplingSettings,
         gradient_checkpointing: bool = True,
+        merge_lora: bool = False,
+        compile_unet: bool = False,
     ) -> None:
         self.unet = unet
+        # UNet calls without gradient go through torch.compile (compiled on first use).
+        self.compiled_unet = torch.compile(unet) if compile_unet else None
         self.scheduler = scheduler
         self.settings = settings
         self.gradient_checkpointing = gradient_checkpointing
+        self.merge_lora = merge_lora  # steps without gradient run on merged LoRA weights
         scheduler.set_timesteps(settings.num_steps)
         self.timesteps: list[int] = [int(t) for t in scheduler.timesteps]
         self._deviation: BaseDeviation | None = None
@@ -175,9 +217,12 @@ class DDIMSampler:
         self, latents: torch.Tensor, t: int, cond: torch.Tensor, uncond: torch.Tensor | None
     ) -> torch.Tensor:
         timestep = torch.full((), t, device=latents.device, dtype=torch.long)
+        unet = self.unet
+        if self.compiled_unet is not None and not torch.is_grad_enabled():
+            unet = self.compiled_unet
         if uncond is None:
-            return self.unet(latents, timestep, encoder_hidden_states=cond).sample
-        both = self.unet(
+            return unet(latents, timestep, encoder_hidden_states=cond).sample
+        both = unet(
             torch.cat([latents, latents]), timestep, encoder_hidden_states=torch.cat([uncond, cond])
         ).sample
         out_uncond, out_cond = both.chunk(2)
@@ -241,11 +286,13 @@ class DDIMSampler:
         if per_sample:
             grad_from = grad_from.to(latents.device).view(-1, *([1] * (latents.dim() - 1)))
         result = SampleResult(latents, latents)
-        for index in range(start, stop):
-            if index < first_grad:
+        prefix_end = max(start, min(first_grad, stop))
+        merged = lora_merged(self.unet) if self.merge_lora and prefix_end > start else nullcontext()
+        with merged:
+            for index in range(start, prefix_end):
                 with torch.no_grad():
                     result = self.step(result.latents, index, text, rng)
-                continue
+        for index in range(prefix_end, stop):
             x = result.latents
             in_window = None
             if per_sample:
