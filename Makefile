@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint clean screenshots
+.PHONY: install test demo lint clean screenshots bench
 
 install: $(STAMP)
 
@@ -23,6 +23,11 @@ demo: install
 
 screenshots: install
 	$(BIN)/python scripts/tensorboard_screenshot.py
+
+# Not part of `make test`: about 10 minutes on a 2-core CPU; creates benchmarks/.venv-trl
+# once (TRL peer, from PyPI) and rewrites docs/benchmarks.md. Run it on a quiet machine.
+bench: install
+	OMP_NUM_THREADS=2 $(BIN)/python -m benchmarks.run_all
 
 lint: install
 	$(BIN)/ruff check src tests scripts
