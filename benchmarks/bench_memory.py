@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 from benchmarks.common import ROOT, Section, mib, table
 
@@ -85,18 +84,37 @@ def measure_one(config: dict) -> dict:
     }
 
 
-def spawn(config: dict) -> dict:
-    """Run measure_one in a fresh interpreter so no allocation of another run is counted."""
+def serve(configs: list[dict], workers: int) -> list[dict]:
+    """Measure each configuration in its own process, forked from this one after the heavy
+    imports (torch, diffusers, lightning) but before any torch op has run: each child is a
+    fresh process for memory purposes without paying ~5 s of imports again."""
+    import multiprocessing
+
+    import benchmarks.common  # noqa: F401 - the imports every child needs
+    import draft_lightning.module  # noqa: F401
+
+    context = multiprocessing.get_context("fork")
+    with context.Pool(workers, maxtasksperchild=1) as pool:
+        return pool.map(measure_one, configs, chunksize=1)
+
+
+def spawn_server(configs: list[dict], workers: int) -> list[dict]:
+    """Run `serve` in a fresh single-threaded interpreter, so no earlier benchmark's threads
+    or allocations are inherited by the measured processes."""
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_memory", "--one", json.dumps(config)],
+        [
+            sys.executable,
+            *("-m", "benchmarks.bench_memory", "--workers", str(workers)),
+            *("--serve", json.dumps(configs)),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
         env=os.environ | {"OMP_NUM_THREADS": "1"},
     )
-    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    lines = [line for line in out.stdout.splitlines() if line.startswith("[")]
     if out.returncode != 0 or not lines:
-        raise RuntimeError(f"memory worker {config} failed:\n{out.stderr[-2000:]}")
+        raise RuntimeError(f"memory server failed:\n{out.stderr[-2000:]}")
     return json.loads(lines[-1])
 
 
@@ -110,19 +128,20 @@ def mode(config: dict) -> str:
     return "calls + blocks" if config.get("blocks") else "calls"
 
 
-def heavy(config: dict) -> bool:
-    """Runs that hold gigabytes (no checkpointing, large K) go one at a time."""
-    return not config["ckpt"] and config.get("k", 0) >= 25
+def cost(config: dict) -> float:
+    """Rough relative run time, in no-grad UNet calls: differentiated calls cost a forward,
+    a backward and (checkpointed) a recompute; blocks add another forward."""
+    window = config.get("k", 1) if config["kind"] == "k" else config.get("n", 1)
+    per_call = 2 + config["ckpt"] + config.get("blocks", False)
+    prefix = config["steps"] - (window if config["kind"] == "k" else 0)
+    return prefix + window * per_call
 
 
 def run(smoke: bool = False, workers: int = 2) -> Section:
-    configs = configurations(smoke)
-    # Memory is counted in bytes, so workers may share the CPU without skewing it; the two
-    # multi-GB runs go first and last so they never run at the same time.
-    big = [c for c in configs if heavy(c)]
-    order = big[:1] + [c for c in configs if not heavy(c)] + big[1:]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(spawn, order))
+    # Memory is counted in bytes, so workers may share the CPU without skewing it; the
+    # longest runs start first so that no long one is left running alone at the end.
+    order = sorted(configurations(smoke), key=cost, reverse=True)
+    results = spawn_server(order, workers)
     results.sort(key=lambda r: (r["kind"], ORDER.index(mode(r)), r.get("k", 0), r.get("n", 0)))
     k_rows = [r for r in results if r["kind"] == "k"]
     base = {mode(r): r for r in k_rows if r["k"] == 1}
@@ -179,8 +198,8 @@ def run(smoke: bool = False, workers: int = 2) -> Section:
     body += (
         f"\n\nShapes: {first['resolution']} px, batch {first['batch']}, {first['steps']} DDIM"
         " steps, guidance 7.5, LoRA rank 8; one training step (forward, backward, clip, AdamW)"
-        " per process (single-threaded, two at a time). `activations` = distinct storages"
-        " saved by autograd and alive when"
+        " per process (forked after the imports, single-threaded, two at a time). `activations` ="
+        " distinct storages saved by autograd and alive when"
         " backward starts (saved_tensors_hooks); `peak` = the model's parameter and buffer"
         f" bytes ({mib(first['model_bytes'])} MiB) + the peak of tensor bytes allocated during"
         " the step (torch.profiler memory events: includes the recompute of checkpointed calls,"
@@ -193,10 +212,11 @@ def run(smoke: bool = False, workers: int = 2) -> Section:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="one configuration, tiny sizes")
-    parser.add_argument("--one", help="internal: measure this JSON configuration and print it")
+    parser.add_argument("--serve", help="internal: measure these JSON configurations")
+    parser.add_argument("--workers", type=int, default=2, help="measurements at a time")
     args = parser.parse_args()
-    if args.one:
-        print(json.dumps(measure_one(json.loads(args.one))), flush=True)
+    if args.serve:
+        print(json.dumps(serve(json.loads(args.serve), args.workers)), flush=True)
         return
     print(run(args.smoke).body)
 

@@ -216,7 +216,7 @@ def run(smoke: bool = False) -> Section:
         f" {rounds} rounds after one warm-up, parts and steps alternating; ratios are the median"
         " (min-max) over rounds of the step divided by the sum of the parts in the same round."
         " The parts: `text` = prompt encoding (uncond cached) and x_T; `prefix` = the no-grad"
-        " steps (DRaFT-LV: the whole chain plus re-noising); `window` = the differentiated"
+        " steps; `window` = the differentiated"
         " step(s), forward and backward with checkpoint recompute, from a fixed random output"
         " gradient; `decode` = VAE decode forward and backward (checkpointed); `reward` ="
         " reward forward and backward; `optimiser` = clip + AdamW step + zero_grad. The hand"

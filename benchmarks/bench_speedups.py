@@ -58,11 +58,13 @@ def sampling_modules(resolution: int, steps: int, compiled) -> dict:
     from diffusers.models.attention_processor import AttnProcessor
 
     modules = {
-        "default (one UNet batch, SDPA)": build_module(resolution, steps),
+        "default (one UNet batch, SDPA, LoRA merged)": build_module(resolution, steps),
         "cond and uncond as two UNet calls": build_module(resolution, steps),
         "classic attention (no SDPA)": build_module(resolution, steps),
         "channels_last": build_module(resolution, steps, channels_last=True),
-        "merge_lora_without_grad": build_module(resolution, steps, merge_lora_without_grad=True),
+        "merge_lora_without_grad=False": build_module(
+            resolution, steps, merge_lora_without_grad=False
+        ),
     }
     two = modules["cond and uncond as two UNet calls"].sampler
     two._guided = separate_calls(two)
@@ -76,12 +78,12 @@ def step_times(resolution, steps, batch, estimator, rounds, compiled=None) -> di
     """Training steps of the default module and each opt-in option, alternating."""
     options = {
         "default": {},
-        "merge_lora_without_grad": {"merge_lora_without_grad": True},
+        "merge_lora_without_grad=False": {"merge_lora_without_grad": False},
         "checkpoint_blocks": {"checkpoint_blocks": True},
         "channels_last": {"channels_last": True},
     }
     if estimator.k == steps:  # full DRaFT has no prefix to merge or compile
-        del options["merge_lora_without_grad"]
+        del options["merge_lora_without_grad=False"]
     modules = {
         name: build_module(resolution, steps, estimator=estimator, **kw)
         for name, kw in options.items()
@@ -145,7 +147,7 @@ def run(smoke: bool = False, compile_unet: bool = True) -> Section:
         for name, m in modules.items()
     }
     sampling = alternate(fns, rounds, warmup=1)
-    base = "default (one UNet batch, SDPA)"
+    base = "default (one UNet batch, SDPA, LoRA merged)"
     rows = [
         [name, fmt_ratio(ratio(sampling, name, base)), f"{min(t):.2f}"]
         for name, t in sampling.items()
