@@ -131,6 +131,48 @@ def test_fit_logs_train_reward(algorithm, tmp_path):
     assert saved["model"]["pretrained_model"] == "tiny:sd"
 
 
+@pytest.mark.parametrize(
+    ("config", "tiny_overlay", "extra", "model"),
+    [
+        ("sdxl_draft_lv", "cpu_tiny_sdxl", [], "tiny:sdxl"),
+        ("sd21_draft_lv", "cpu_tiny", ["--model.pretrained_model", "tiny:sd-v"], "tiny:sd-v"),
+    ],
+)
+def test_sdxl_and_sd2_configs_fit_on_their_tiny_models(
+    config, tiny_overlay, extra, model, tmp_path
+):
+    """The issue's command: `lightning fit --config configs/sdxl_draft_lv.yaml --config
+    configs/cpu_tiny_sdxl.yaml --trainer.max_steps 3` (and SD 2.1's on the v-prediction model)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    args = [
+        "fit",
+        "--config",
+        str(CONFIGS / f"{config}.yaml"),
+        "--config",
+        str(CONFIGS / f"{tiny_overlay}.yaml"),
+        *extra,
+        "--trainer.max_steps",
+        "3",
+        "--trainer.num_sanity_val_steps",
+        "0",
+        "--trainer.limit_val_batches",
+        "0",
+        "--model.sampling.num_steps",
+        "4",
+    ]
+    result = run_cli(args, tmp_path)
+    assert result.returncode == 0, describe(result)
+    run_dir = tmp_path / "runs" / config / "version_0"
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    rewards = accumulator.Scalars("train/reward")
+    assert rewards and all(math.isfinite(event.value) for event in rewards), rewards
+    assert (run_dir / "lora" / "last" / "pytorch_lora_weights.safetensors").is_file()
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["model"]["pretrained_model"] == model
+
+
 # --- 2 and 5. help ---------------------------------------------------------------------------
 
 

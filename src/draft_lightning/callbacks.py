@@ -62,9 +62,10 @@ class LoraExport(Callback):
         from draft_lightning.models import save_lora
 
         root = run_dir(trainer) / self.dirname
+        pipeline = pl_module.family.pipeline_class  # SDXL adapters load into the SDXL pipeline
         if self.keep_steps:
-            save_lora(pl_module.unet, root / f"step={step}")
-        save_lora(pl_module.unet, root / "last")
+            save_lora(pl_module.unet, root / f"step={step}", pipeline_class=pipeline)
+        save_lora(pl_module.unet, root / "last", pipeline_class=pipeline)
 
     def on_save_checkpoint(
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]

@@ -15,10 +15,12 @@ import torch
 from torch import nn
 
 from draft_lightning.errors import ConfigError, ModelUnavailableError
+from draft_lightning.families import ModelFamily, family_of
 from draft_lightning.hub import hf_cache_dir, offline_reason
+from draft_lightning.prompt_encoders import SDXLConditioning
 
 TINY_PREFIX = "tiny:"
-TINY_MODELS = {"tiny:sd": "epsilon", "tiny:sd-v": "v_prediction"}
+TINY_MODELS = {"tiny:sd": "epsilon", "tiny:sd-v": "v_prediction", "tiny:sdxl": "sdxl"}
 
 # Only what sampling needs: real repos also hold multi-GB single-file checkpoints, fp16 and
 # non-EMA variants, and .bin duplicates of the safetensors weights.
@@ -27,10 +29,14 @@ HUB_PATTERNS = [
     "*/config.json",
     "scheduler/*.json",
     "tokenizer/*",
+    "tokenizer_2/*",  # SDXL
     "unet/diffusion_pytorch_model.safetensors",
     "vae/diffusion_pytorch_model.safetensors",
     "text_encoder/model.safetensors",
+    "text_encoder_2/model.safetensors",  # SDXL
 ]
+# A stand-alone VAE repo (e.g. madebyollin/sdxl-vae-fp16-fix) keeps its files at the top.
+VAE_HUB_PATTERNS = ["config.json", "diffusion_pytorch_model.safetensors"]
 
 
 def resolve_pretrained(name: str) -> Path:
@@ -39,6 +45,10 @@ def resolve_pretrained(name: str) -> Path:
     Hub ids are looked up in the local Hugging Face cache first and downloaded only if
     missing; any failure becomes one line saying what to download and where to put it.
     """
+    if name == "tiny:sdxl":
+        from draft_lightning.tiny_sdxl import tiny_sdxl_path
+
+        return tiny_sdxl_path()
     if name in TINY_MODELS:
         from draft_lightning.tiny import tiny_sd_path
 
@@ -61,23 +71,42 @@ def resolve_pretrained(name: str) -> Path:
     return _hub_snapshot(name)
 
 
-def _hub_snapshot(repo_id: str) -> Path:
+def resolve_vae(name: str) -> Path:
+    """A folder holding a stand-alone AutoencoderKL (config.json + weights): a local folder
+    (a pipeline folder's vae/ also works) or a hub id, cache first like resolve_pretrained."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        for folder in (path, path / "vae"):
+            if (folder / "config.json").is_file():
+                return folder
+        raise ConfigError(f"pretrained_vae={name!r} is a folder without a VAE config.json")
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise ConfigError(
+            f"pretrained_vae={name!r} is neither an existing folder nor a hub id like "
+            "'madebyollin/sdxl-vae-fp16-fix'"
+        )
+    return _hub_snapshot(name, VAE_HUB_PATTERNS, option="model.pretrained_vae")
+
+
+def _hub_snapshot(
+    repo_id: str, patterns: list[str] = HUB_PATTERNS, option: str = "model.pretrained_model"
+) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=True))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
     except Exception:  # noqa: BLE001 - not cached: fall through to a download attempt
         pass
     reason = offline_reason()
     if reason is None:
         try:
-            return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
+            return Path(snapshot_download(repo_id, allow_patterns=patterns))
         except Exception as error:  # noqa: BLE001 - any network or auth failure, reported below
             reason = type(error).__name__
     raise ModelUnavailableError(
         f"model {repo_id!r} is not in the local Hugging Face cache and could not be downloaded "
         f"({reason}): run `hf download {repo_id}` on a machine with access and copy the cache "
-        f"to {hf_cache_dir()}, or set model.pretrained_model to a local diffusers folder"
+        f"to {hf_cache_dir()}, or set {option} to a local diffusers folder"
     )
 
 
@@ -117,12 +146,12 @@ class LoraSettings:
 class StableDiffusionParts:
     """The pieces of a text-to-image pipeline that reward fine-tuning needs."""
 
-    tokenizer: Any
-    text_encoder: nn.Module
+    prompt_encoder: nn.Module
     vae: nn.Module
     unet: nn.Module
     scheduler: Any
     folder: Path
+    family: ModelFamily
 
     @property
     def vae_scale_factor(self) -> int:
@@ -158,26 +187,37 @@ def vae_scale_factor(vae_config: dict) -> int:
     return 2 ** (len(vae_config["block_out_channels"]) - 1)
 
 
-def load_parts(folder: Path, frozen_dtype: torch.dtype = torch.float32) -> StableDiffusionParts:
-    """Load tokenizer, text encoder, VAE, UNet and a DDIM scheduler from a diffusers folder.
+def load_parts(
+    folder: Path,
+    frozen_dtype: torch.dtype = torch.float32,
+    resolution: int = 512,
+    conditioning: SDXLConditioning = SDXLConditioning(),  # noqa: B008 - frozen dataclass
+    vae_dtype: torch.dtype | None = None,
+    vae_folder: Path | None = None,
+) -> StableDiffusionParts:
+    """Load the text encoder(s), VAE, UNet and a DDIM scheduler from a diffusers folder.
 
-    Every frozen part is put in eval mode with requires_grad off. The scheduler is DDIM built
-    from the checkpoint's own scheduler config (SD 1.x ships PNDM; the config values carry over).
+    The model family (SD 1.x/2.x or SDXL) comes from the folder itself. Every frozen part
+    is put in eval mode with requires_grad off. The scheduler is DDIM built from the
+    checkpoint's own scheduler config (SD 1.x ships PNDM, SDXL Euler; the values carry
+    over). `vae_dtype` overrides the VAE's storage dtype (float32 decoding for an
+    fp16-unsafe VAE); `vae_folder` replaces the VAE (e.g. SDXL's fp16-fixed one).
     """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
 
-    tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
-    text_encoder = CLIPTextModel.from_pretrained(
-        folder, subfolder="text_encoder", dtype=frozen_dtype
-    )
-    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=frozen_dtype)
+    family = family_of(folder)
+    prompt_encoder = family.load_prompt_encoder(folder, frozen_dtype, resolution, conditioning)
+    vae_dtype = vae_dtype or frozen_dtype
+    if vae_folder is None:
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=vae_dtype)
+    else:
+        vae = AutoencoderKL.from_pretrained(vae_folder, torch_dtype=vae_dtype)
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=frozen_dtype)
     scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
-    for frozen in (text_encoder, vae, unet):
+    for frozen in (vae, unet):
         frozen.requires_grad_(False)
         frozen.eval()
-    return StableDiffusionParts(tokenizer, text_encoder, vae, unet, scheduler, folder)
+    return StableDiffusionParts(prompt_encoder, vae, unet, scheduler, folder, family)
 
 
 def attach_lora(unet: nn.Module, settings: LoraSettings, adapter_name: str = "default") -> None:
@@ -215,8 +255,16 @@ LORA_NAMES = (
 )
 
 
-def save_lora(unet: nn.Module, folder: Path, adapter_name: str = "default") -> Path:
+def save_lora(
+    unet: nn.Module,
+    folder: Path,
+    adapter_name: str = "default",
+    pipeline_class: str = "StableDiffusionPipeline",
+) -> Path:
     """Write the adapter in diffusers' format, with its metadata, atomically.
+
+    `pipeline_class` is the diffusers pipeline whose save_lora_weights writes the file (the
+    model family's: StableDiffusionXLPipeline for SDXL), so its load_lora_weights reads it.
 
     The metadata (lora_alpha, rank, targets) must travel with the weights: without it
     diffusers assumes alpha = rank and a run trained with alpha != rank loads silently wrong.
@@ -226,7 +274,7 @@ def save_lora(unet: nn.Module, folder: Path, adapter_name: str = "default") -> P
     import shutil
     import tempfile
 
-    from diffusers import StableDiffusionPipeline
+    import diffusers
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
@@ -237,7 +285,7 @@ def save_lora(unet: nn.Module, folder: Path, adapter_name: str = "default") -> P
     metadata = unet.peft_config[adapter_name].to_dict()
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
-        StableDiffusionPipeline.save_lora_weights(
+        getattr(diffusers, pipeline_class).save_lora_weights(
             tmp,
             unet_lora_layers=convert_state_dict_to_diffusers(state),
             unet_lora_adapter_metadata=metadata,

@@ -22,6 +22,7 @@ from torchmetrics import MeanMetric
 from draft_lightning.diversity import PromptDiversity, prompt_ids
 from draft_lightning.errors import ConfigError
 from draft_lightning.estimators import DraftLV, Estimator
+from draft_lightning.families import family_of
 from draft_lightning.models import (
     LoraSettings,
     attach_lora,
@@ -31,12 +32,14 @@ from draft_lightning.models import (
     lora_parameters,
     read_configs,
     resolve_pretrained,
+    resolve_vae,
     vae_scale_factor,
 )
+from draft_lightning.prompt_encoders import SDXLConditioning
 from draft_lightning.randomness import StepRandomness
 from draft_lightning.rewards import Reward
 from draft_lightning.rng import gather_rng_states, restore_rng_states
-from draft_lightning.sampling import DDIMSampler, PromptEncoder, SamplingSettings
+from draft_lightning.sampling import DDIMSampler, SamplingSettings
 
 # The frozen text encoder, VAE, UNet and reward stay in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
@@ -56,8 +59,10 @@ class DraftModule(LightningModule):
     Args:
         reward: the frozen differentiable reward to maximise (a `Reward`; `WeightedSum` mixes
             several).
-        pretrained_model: hub id (e.g. CompVis/stable-diffusion-v1-4), a local diffusers
-            folder, or a built-in tiny model ("tiny:sd", "tiny:sd-v") for CPU runs and tests.
+        pretrained_model: hub id (e.g. CompVis/stable-diffusion-v1-4,
+            stabilityai/stable-diffusion-2-1, stabilityai/stable-diffusion-xl-base-1.0), a local
+            diffusers folder, or a built-in tiny model ("tiny:sd", "tiny:sd-v", "tiny:sdxl")
+            for CPU runs and tests. SD 1.x/2.x or SDXL is read from the folder itself.
         estimator: where the gradient flows: Draft, DraftK, DraftLV, RandomTruncation, ReFL.
         sampling: DDIM steps, guidance, eta and resolution.
         lora: the LoRA adapter on the UNet.
@@ -85,6 +90,13 @@ class DraftModule(LightningModule):
             convolutions on some hardware; measured in docs/benchmarks.md).
         frozen_dtype: storage dtype of the frozen text encoder, VAE and UNet weights
             (the LoRA weights stay float32).
+        upcast_vae: keep the VAE in float32 whatever frozen_dtype is, so decoding (and the
+            reward gradient through it) runs in float32. None (default) follows diffusers:
+            on when frozen_dtype is float16 and the VAE's config says force_upcast (SDXL's
+            VAE overflows in float16).
+        pretrained_vae: a replacement VAE (folder or hub id), e.g.
+            madebyollin/sdxl-vae-fp16-fix, which decodes in float16 without overflowing.
+        sdxl_conditioning: SDXL's size/crop micro-conditioning (SDXL models only).
         seed: seeds the per-step noise generators (with the global step and the rank).
         kl_coeff: DRaFT+ regulariser weight: adds kl_coeff * mean ||eps_lora - eps_base||^2
             over the differentiated steps (base = the same UNet with adapters disabled),
@@ -114,6 +126,9 @@ class DraftModule(LightningModule):
         compile_unet: bool = False,
         channels_last: bool = False,
         frozen_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        upcast_vae: bool | None = None,
+        pretrained_vae: str | None = None,
+        sdxl_conditioning: SDXLConditioning = SDXLConditioning(),  # noqa: B008 - frozen
         seed: int = 0,
         kl_coeff: float = 0.0,
         lora_scale: float = 1.0,
@@ -140,7 +155,16 @@ class DraftModule(LightningModule):
 
         # Validate against the checkpoint's configs before any weights load.
         folder = resolve_pretrained(pretrained_model)
+        family = family_of(folder)
         unet_config, vae_config = read_configs(folder)
+        family.check(folder, unet_config, sdxl_conditioning)
+        vae_folder = resolve_vae(pretrained_vae) if pretrained_vae is not None else None
+        if vae_folder is not None:
+            from diffusers import AutoencoderKL
+
+            vae_config = dict(AutoencoderKL.load_config(vae_folder))
+        if upcast_vae is None:
+            upcast_vae = frozen_dtype == "float16" and bool(vae_config.get("force_upcast"))
         factor = vae_scale_factor(vae_config)
         if self.sampling.resolution % factor:
             raise ConfigError(
@@ -149,11 +173,19 @@ class DraftModule(LightningModule):
             )
         check_lora_targets(unet_config, self.lora.target_modules)
 
-        parts = load_parts(folder, DTYPES[frozen_dtype])
+        parts = load_parts(
+            folder,
+            DTYPES[frozen_dtype],
+            resolution=self.sampling.resolution,
+            conditioning=sdxl_conditioning,
+            vae_dtype=torch.float32 if upcast_vae else None,
+            vae_folder=vae_folder,
+        )
         attach_lora(parts.unet, self.lora)
+        self.family = parts.family
         self.unet = parts.unet
         self.vae = parts.vae
-        self.prompt_encoder = PromptEncoder(parts.tokenizer, parts.text_encoder)
+        self.prompt_encoder = parts.prompt_encoder
         self.sampler = DDIMSampler(
             parts.unet,
             parts.scheduler,
@@ -382,7 +414,15 @@ class DraftModule(LightningModule):
         return self._decode(latents)
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        scaled = latents / self.vae.config.scaling_factor
+        config = self.vae.config
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        if mean is not None and std is not None:  # VAEs with per-channel latent statistics
+            shape = (1, -1, 1, 1)
+            mean = torch.tensor(mean, device=latents.device, dtype=latents.dtype).view(shape)
+            std = torch.tensor(std, device=latents.device, dtype=latents.dtype).view(shape)
+            scaled = latents * std / config.scaling_factor + mean
+        else:
+            scaled = latents / config.scaling_factor
         images = self.vae.decode(scaled.to(self.vae.dtype)).sample
         return (images.float() / 2 + 0.5).clamp(0, 1)
 

@@ -9,7 +9,7 @@ The scheduler arithmetic is diffusers' own DDIMScheduler.step (epsilon and v-pre
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
@@ -50,50 +50,38 @@ class SamplingSettings:
 
 @dataclass
 class TextConditioning:
-    """Text embeddings for guided sampling: conditional, and unconditional unless guidance is 1."""
+    """Text embeddings for guided sampling: conditional, and unconditional unless guidance is 1.
+
+    `cond_added`/`uncond_added` are the UNet's extra conditioning inputs where the model
+    family has them (SDXL: pooled text embedding and size/crop ids); None otherwise.
+    """
 
     cond: torch.Tensor
     uncond: torch.Tensor | None
     copies: int = 1  # how many copies of each prompt the batch holds (copy-major)
+    cond_added: dict[str, torch.Tensor] | None = None
+    uncond_added: dict[str, torch.Tensor] | None = None
 
     def repeat(self, copies: int) -> TextConditioning:
         """The same prompts `copies` times, copy-major ([c0 prompts..., c1 prompts...])."""
         if copies == 1:
             return self
-        uncond = None if self.uncond is None else self.uncond.repeat(copies, 1, 1)
-        return TextConditioning(self.cond.repeat(copies, 1, 1), uncond, self.copies * copies)
+        return TextConditioning(
+            _repeat(self.cond, copies),
+            _repeat(self.uncond, copies),
+            self.copies * copies,
+            _repeat(self.cond_added, copies),
+            _repeat(self.uncond_added, copies),
+        )
 
 
-class PromptEncoder(nn.Module):
-    """The frozen CLIP text encoder with its tokenizer; the empty-prompt embedding is cached."""
-
-    def __init__(self, tokenizer, text_encoder: nn.Module) -> None:
-        super().__init__()
-        self.tokenizer = tokenizer
-        self.text_encoder = text_encoder
-        self._uncond_cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-
-    @torch.no_grad()
-    def embed(self, prompts: Sequence[str]) -> torch.Tensor:
-        device = next(self.text_encoder.parameters()).device
-        ids = self.tokenizer(
-            list(prompts),
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(device)
-        return self.text_encoder(ids)[0]
-
-    def condition(self, prompts: Sequence[str], guidance_scale: float) -> TextConditioning:
-        cond = self.embed(prompts)
-        if guidance_scale == 1.0:
-            return TextConditioning(cond, None)
-        key = (cond.device, cond.dtype)
-        if key not in self._uncond_cache:
-            self._uncond_cache[key] = self.embed([""])
-        uncond = self._uncond_cache[key].expand(len(prompts), -1, -1)
-        return TextConditioning(cond, uncond)
+def _repeat(value, copies: int):
+    """Tensors (or a dict of them) stacked `copies` times along the batch dimension."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {key: _repeat(v, copies) for key, v in value.items()}
+    return value.repeat(copies, *([1] * (value.dim() - 1)))
 
 
 @dataclass
@@ -210,20 +198,32 @@ class DDIMSampler:
     def predict(self, latents: torch.Tensor, t: int, text: TextConditioning) -> torch.Tensor:
         """The guided model output (epsilon or v) at timestep t: cond and uncond in one batch."""
         if torch.is_grad_enabled() and self.gradient_checkpointing:
-            return checkpoint(self._guided, latents, t, text.cond, text.uncond, use_reentrant=False)
-        return self._guided(latents, t, text.cond, text.uncond)
+            return checkpoint(self._guided, latents, t, text, use_reentrant=False)
+        return self._guided(latents, t, text)
 
-    def _guided(
-        self, latents: torch.Tensor, t: int, cond: torch.Tensor, uncond: torch.Tensor | None
-    ) -> torch.Tensor:
+    def _guided(self, latents: torch.Tensor, t: int, text: TextConditioning) -> torch.Tensor:
         timestep = torch.full((), t, device=latents.device, dtype=torch.long)
         unet = self.unet
         if self.compiled_unet is not None and not torch.is_grad_enabled():
             unet = self.compiled_unet
-        if uncond is None:
-            return unet(latents, timestep, encoder_hidden_states=cond).sample
+        if text.uncond is None:
+            return unet(
+                latents,
+                timestep,
+                encoder_hidden_states=text.cond,
+                added_cond_kwargs=text.cond_added,
+            ).sample
+        added = None
+        if text.cond_added is not None:
+            added = {
+                key: torch.cat([text.uncond_added[key], value])
+                for key, value in text.cond_added.items()
+            }
         both = unet(
-            torch.cat([latents, latents]), timestep, encoder_hidden_states=torch.cat([uncond, cond])
+            torch.cat([latents, latents]),
+            timestep,
+            encoder_hidden_states=torch.cat([text.uncond, text.cond]),
+            added_cond_kwargs=added,
         ).sample
         out_uncond, out_cond = both.chunk(2)
         return out_uncond + self.settings.guidance_scale * (out_cond - out_uncond)
@@ -233,7 +233,7 @@ class DDIMSampler:
         """The frozen base model's guided output: the same UNet with its adapters disabled."""
         self.unet.disable_adapters()
         try:
-            return self._guided(latents, t, text.cond, text.uncond)
+            return self._guided(latents, t, text)
         finally:
             self.unet.enable_adapters()
 

@@ -83,11 +83,12 @@ def _clip_merges() -> list[str]:
     return merges
 
 
-def write_clip_tokenizer(folder: str | Path) -> Path:
+def write_clip_tokenizer(folder: str | Path, pad_token: str = EOS_TOKEN) -> Path:
     """Write SD 1.x's CLIPTokenizer files (vocab, merges, configs) into ``folder``.
 
     The files must be loaded with ``CLIPTokenizer.from_pretrained(folder)``: transformers 5
-    ignores ``vocab_file=``/``merges_file=`` constructor arguments.
+    ignores ``vocab_file=``/``merges_file=`` constructor arguments. ``pad_token="!"`` gives
+    the OpenCLIP-style tokenizer of SD 2.x and SDXL's second text encoder.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -107,7 +108,7 @@ def write_clip_tokenizer(folder: str | Path) -> Path:
         "bos_token": BOS_TOKEN,
         "eos_token": EOS_TOKEN,
         "unk_token": EOS_TOKEN,
-        "pad_token": EOS_TOKEN,
+        "pad_token": pad_token,
     }
     config = {
         **special,
@@ -129,13 +130,32 @@ def _check_prediction_type(prediction_type: str) -> None:
         )
 
 
+def build_tiny_vae(**config):
+    """SD's VAE architecture at 32 px with two blocks (factor 2), initialised from the global
+    RNG (callers seed it); `config` adds the family's flags (scaling_factor, force_upcast)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=NORM_GROUPS,
+        sample_size=32,
+        **config,
+    )
+
+
 def build_components(seed: int = 0, prediction_type: str = "epsilon") -> dict:
     """Build the pipeline parts in memory (no tokenizer); seeded, so builds are identical.
 
     Returned separately from :func:`build_tiny_sd` so tests can compare an in-memory
     model against its saved and reloaded copy.
     """
-    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from diffusers import PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     _check_prediction_type(prediction_type)
@@ -160,18 +180,7 @@ def build_components(seed: int = 0, prediction_type: str = "epsilon") -> dict:
             torch.nn.init.normal_(unet.conv_out.weight, std=0.02)
 
         torch.manual_seed(seed + 1)
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=NORM_GROUPS,
-            sample_size=32,
-            scaling_factor=0.18215,
-        )
+        vae = build_tiny_vae(scaling_factor=0.18215)
 
         torch.manual_seed(seed + 2)
         text_encoder = CLIPTextModel(
@@ -248,20 +257,29 @@ def _publish(tmp: Path, target: Path) -> Path:
 
 
 def tiny_sd_path(cache_dir: str | Path | None = None, prediction_type: str = "epsilon") -> Path:
-    """Return the cached tiny model folder, building it once if it is absent.
+    """Return the cached tiny model folder, building it once if it is absent."""
+    return cached_build(
+        _folder_name(prediction_type),
+        lambda folder: build_tiny_sd(folder, prediction_type=prediction_type),
+        cache_dir,
+    )
+
+
+def cached_build(name: str, build, cache_dir: str | Path | None = None) -> Path:
+    """The cache folder `name`, built by `build(folder)` once if it is absent.
 
     Safe under concurrent callers (DDP ranks, pytest workers): each builds into its own
     temporary sibling folder and renames it into place, so the folder is only ever seen
     complete.
     """
     root = _cache_root(cache_dir)
-    target = root / _folder_name(prediction_type)
+    target = root / name
     if (target / "model_index.json").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
     try:
-        build_tiny_sd(tmp, prediction_type=prediction_type)
+        build(tmp)
     except BaseException:
         with contextlib.suppress(OSError):
             shutil.rmtree(tmp)
