@@ -124,11 +124,12 @@ def test_fit_logs_train_reward(algorithm, tmp_path):
     # The overlay changed the model and the hardware, not the algorithm.
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     own = yaml.safe_load((CONFIGS / f"{algorithm}.yaml").read_text())
-    estimator = saved["model"]["estimator"]
+    assert saved["model"]["class_path"] == "draft_lightning.module.DraftModule"
+    estimator = saved["model"]["init_args"]["estimator"]
     assert estimator["class_path"] == own["model"]["estimator"]["class_path"]
     for key, value in (own["model"]["estimator"].get("init_args") or {}).items():
         assert estimator["init_args"][key] == value, (key, estimator)
-    assert saved["model"]["pretrained_model"] == "tiny:sd"
+    assert saved["model"]["init_args"]["pretrained_model"] == "tiny:sd"
 
 
 @pytest.mark.parametrize(
@@ -170,7 +171,7 @@ def test_sdxl_and_sd2_configs_fit_on_their_tiny_models(
     assert rewards and all(math.isfinite(event.value) for event in rewards), rewards
     assert (run_dir / "lora" / "last" / "pytorch_lora_weights.safetensors").is_file()
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert saved["model"]["pretrained_model"] == model
+    assert saved["model"]["init_args"]["pretrained_model"] == model
 
 
 # --- 2 and 5. help ---------------------------------------------------------------------------
@@ -178,6 +179,12 @@ def test_sdxl_and_sd2_configs_fit_on_their_tiny_models(
 
 def test_fit_help_documents_estimators_rewards_and_sampling(tmp_path):
     result = run_cli(["fit", "--help"], tmp_path)
+    assert result.returncode == 0, describe(result)
+    # --model takes DraftModule or a subclass: the models are listed, their options one
+    # level down (what README and docs/configs.md tell users to run).
+    assert "draft_lightning.ddpo.DDPOModule" in result.stdout
+    assert "--model.help" in result.stdout
+    result = run_cli(["fit", "--model.help", "DraftModule"], tmp_path)
     assert result.returncode == 0, describe(result)
     text = result.stdout
     for option in ("--model.estimator", "--model.reward", "--model.sampling", "--model.lora"):
@@ -194,7 +201,7 @@ def test_fit_help_documents_estimators_rewards_and_sampling(tmp_path):
         # its fields only under --model.sampling.help; typed `SamplingSettings` with a
         # SamplingSettings() default, they appear in `fit --help` itself.
         assert "--model.sampling.help" in text
-        result = run_cli(["fit", "--model.sampling.help"], tmp_path)
+        result = run_cli(["fit", "--model.sampling.help"], tmp_path)  # pragma: no cover
         assert result.returncode == 0, describe(result)
         text = result.stdout
     for option in ("num_steps", "guidance_scale", "eta", "resolution"):

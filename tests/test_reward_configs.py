@@ -26,7 +26,7 @@ def test_config_runs_three_steps_with_its_tiny_reward(config, tiny_sd, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
 
     (saved,) = (tmp_path / "logs").glob("*/version_0/config.yaml")
-    reward = yaml.safe_load(saved.read_text())["model"]["reward"]
+    reward = yaml.safe_load(saved.read_text())["model"]["init_args"]["reward"]
     assert reward["class_path"] == f"draft_lightning.rewards.{reward_class}"
     assert any(str(v).startswith("tiny:") for v in reward["init_args"].values())
 

@@ -130,6 +130,29 @@ def test_draft_lv_scores_n_copies_per_prompt(module):
     assert seen == [PROMPTS * 4]
 
 
+def test_reward_queries_count_every_scored_image_and_survive_checkpoints(tiny_sd):
+    """train/reward_queries (the x-axis for comparing with DDPO) counts DRaFT-LV's copies."""
+    model = make_module(estimator=DraftLV(n=2), sampling=SamplingSettings(2, 3.0, 0.0, 32))
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, PromptDataModule(batch_size=2, num_val_prompts=2, num_val_seeds=1))
+    assert model.reward_queries == 2 * 2 * 2  # steps x prompts x copies
+    assert trainer.callback_metrics["train/reward_queries"] == 8
+    checkpoint = {"state_dict": model.state_dict()}
+    model.on_save_checkpoint(checkpoint)
+    fresh = make_module()
+    fresh.on_load_checkpoint(checkpoint)
+    assert fresh.reward_queries == 8
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("estimator", [DraftLV(n=2), DraftK(1)], ids=["draft_lv", "draft_1"])
 def test_thirty_steps_raise_brightness_on_fixed_validation_seeds(tiny_sd, estimator):

@@ -208,8 +208,9 @@ def main(args: list[str] | None = None) -> None:
     """Entry point of both console scripts."""
     from jsonargparse import ArgumentError
 
-    # Import every estimator and reward before the parser is built, so that `--help` lists
-    # them as known subclasses of --model.estimator and --model.reward.
+    # Import every estimator, reward and module before the parser is built, so that `--help`
+    # lists them as known subclasses of --model.estimator, --model.reward and --model.
+    import draft_lightning.ddpo  # noqa: F401
     import draft_lightning.estimators  # noqa: F401
     import draft_lightning.rewards  # noqa: F401
     from draft_lightning.data import PromptDataModule
@@ -219,6 +220,9 @@ def main(args: list[str] | None = None) -> None:
         _cli_class()(
             DraftModule,
             PromptDataModule,
+            # DraftModule or a subclass (DDPOModule); a config without model.class_path gets
+            # DraftModule, and flat keys (--model.pretrained_model) still work.
+            subclass_mode_model=True,
             save_config_kwargs={"overwrite": True},
             args=args,
         )

@@ -232,6 +232,7 @@ class DraftModule(LightningModule):
         self.unet.set_adapters(["default"])  # training always runs the trained adapter alone
         # Checkpoints hold only the trainable LoRA weights (see on_save_checkpoint).
         self.strict_loading = False
+        self.reward_queries = 0  # images scored for training so far, over all ranks
 
     # --- the algorithm -------------------------------------------------------------------
 
@@ -246,6 +247,7 @@ class DraftModule(LightningModule):
         images = self.decode(latents)
         copies = latents.shape[0] // len(prompts)
         reward, parts = self.reward.score(images, list(prompts) * copies)
+        self.count_reward_queries(latents.shape[0])  # DRaFT-LV: every re-noised copy counts
         loss = -reward.mean()
         if deviation is not None:  # DRaFT+
             penalty = deviation.mean()
@@ -436,6 +438,14 @@ class DraftModule(LightningModule):
             self.seed, self.global_step, micro_batch, self.global_rank, world_size
         )
 
+    def count_reward_queries(self, images: int) -> None:
+        """Add this step's scored images (on every rank) to `train/reward_queries`: the
+        x-axis on which reward-backprop and RL methods compare (the paper's Figure 1)."""
+        world_size = self.trainer.world_size if self._trainer else 1
+        self.reward_queries += images * world_size
+        if self._trainer is not None:
+            self.log("train/reward_queries", float(self.reward_queries))
+
     def log_rewards(
         self, reward: torch.Tensor, parts: dict[str, torch.Tensor], batch_size: int
     ) -> None:
@@ -475,8 +485,10 @@ class DraftModule(LightningModule):
             k: v for k, v in checkpoint["state_dict"].items() if k in trainable
         }
         checkpoint["rng_states"] = gather_rng_states(self.trainer if self._trainer else None)
+        checkpoint["reward_queries"] = self.reward_queries
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.reward_queries = int(checkpoint.get("reward_queries", 0))
         states = checkpoint.get("rng_states")
         rank = self.global_rank
         if states is not None and rank < len(states):
