@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint clean screenshots bench
+.PHONY: install test demo lint clean screenshots bench experiments
 
 install: $(STAMP)
 
@@ -29,9 +29,15 @@ screenshots: install
 bench: install
 	OMP_NUM_THREADS=2 $(BIN)/python -m benchmarks.run_all
 
+# Not part of `make test`: the paper's findings on the toy world (needs `make toy` first);
+# about an hour on a 2-core CPU, resumable (finished runs are cached in .cache/experiments).
+# Rewrites docs/experiments.md and docs/images/experiments/.
+experiments: install
+	OMP_NUM_THREADS=2 $(BIN)/python -m experiments.run_all
+
 lint: install
-	$(BIN)/ruff check src tests scripts
-	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/ruff check src tests scripts experiments
+	$(BIN)/ruff format --check src tests scripts experiments
 
 clean:
 	rm -rf $(VENV) .cache runs lightning_logs .pytest_cache .ruff_cache

@@ -1,0 +1,98 @@
+"""The paper's claims, each judged from this run's numbers by a rule fixed before the run.
+
+Each returns (verdict, evidence): "reproduced", "not reproduced" or "partly reproduced",
+with the numbers that decided it. The thresholds are stated in the evidence text.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from experiments.curves import final, first_reaching, mean_curve, seconds_per_step
+
+LV, ONE, FULL, DDPO = "DRaFT-LV (n=2)", "DRaFT-1", "full DRaFT", "DDPO"
+SMALL_K = ("DRaFT-1", "DRaFT-K (K=5)")
+MAX_EXTRA_COST = 1.5  # "small extra cost": DRaFT-LV's step at most 1.5x DRaFT-1's
+FAR_FEWER = 5.0  # "far fewer reward queries": at least 5x fewer
+
+
+def lv_faster_than_one(results: dict) -> tuple[str, str]:
+    target, _ = final(results[ONE])
+    lv_points = mean_curve(results[LV], "step", "reward")
+    one_steps = results[ONE][0]["val"][-1]["step"]
+    lv_steps = first_reaching(lv_points, target)
+    cost = seconds_per_step(results[LV]) / seconds_per_step(results[ONE])
+    fewer = lv_steps is not None and lv_steps < one_steps
+    evidence = (
+        f"DRaFT-1's final mean validation reward {target:.4f} (step {one_steps}) is reached by "
+        f"DRaFT-LV's mean curve at step {lv_steps if lv_steps is not None else 'never'}; "
+        f"DRaFT-LV's step costs {cost:.2f}x DRaFT-1's (small: <= {MAX_EXTRA_COST}x)"
+    )
+    if fewer and cost <= MAX_EXTRA_COST:
+        return "reproduced", evidence
+    if fewer or cost <= MAX_EXTRA_COST:
+        return "partly reproduced", evidence
+    return "not reproduced", evidence
+
+
+def small_k_beats_full(results: dict, norms: dict[str, list[float]]) -> tuple[str, str]:
+    full_reward, _ = final(results[FULL])
+    small = {name: final(results[name])[0] for name in SMALL_K if name in results}
+    best_name = max(small, key=small.get)
+    ks = sorted(norms, key=int)
+    means = [statistics.fmean(norms[k]) for k in ks]
+    growing = all(b >= a for a, b in zip(means, means[1:], strict=False))
+    growth = means[-1] / means[0] if means[0] > 0 else float("inf")
+    beats = small[best_name] > full_reward
+    evidence = (
+        f"final mean reward: {best_name} {small[best_name]:.4f} vs full DRaFT "
+        f"{full_reward:.4f} at the same number of steps; mean gradient norm from K={ks[0]} "
+        f"to K={ks[-1]}: "
+        + ", ".join(f"{m:.3g}" for m in means)
+        + f" ({growth:.1f}x, {'monotone' if growing else 'not monotone'})"
+    )
+    if beats and growing:
+        return "reproduced", evidence
+    if beats or growth > 1:
+        return "partly reproduced", evidence
+    return "not reproduced", evidence
+
+
+def fewer_queries_than_ddpo(results: dict) -> tuple[str, str]:
+    ddpo_reward, _ = final(results[DDPO])
+    ddpo_queries = statistics.fmean(run["val"][-1]["queries"] for run in results[DDPO])
+    one_points = mean_curve(results[ONE], "queries", "reward")
+    one_queries = first_reaching(one_points, ddpo_reward)
+    if one_queries is None:
+        return "not reproduced", (
+            f"DDPO's final mean reward {ddpo_reward:.4f} after {ddpo_queries:.0f} queries is "
+            "never reached by DRaFT-1 in its budget"
+        )
+    ratio = ddpo_queries / max(one_queries, 1.0)
+    evidence = (
+        f"DDPO ends at mean reward {ddpo_reward:.4f} after {ddpo_queries:.0f} reward queries; "
+        f"DRaFT-1's mean curve reaches it after {one_queries:.0f} ({ratio:.1f}x fewer; far "
+        f"fewer: >= {FAR_FEWER}x)"
+    )
+    return ("reproduced" if ratio >= FAR_FEWER else "not reproduced"), evidence
+
+
+def diversity_kept(
+    points: dict[str, tuple[float, float]], names: dict[str, str]
+) -> tuple[str, str]:
+    """points: variant -> (reward, diversity); names: role -> variant name."""
+    base = points[names["base"]][1]
+    plain = points[names["plain"]][1]
+    kl = points[names["kl"]][1]
+    scaled = points[names["scaled"]][1]
+    lost = plain < base
+    evidence = (
+        f"val/diversity: base model {base:.4f}, unregularised DRaFT-LV {plain:.4f}, with the "
+        f"DRaFT+ term {kl:.4f}, unregularised at LoRA scale {names['scale']} {scaled:.4f}"
+    )
+    kept = [kl > plain, scaled > plain]
+    if lost and all(kept):
+        return "reproduced", evidence
+    if lost and any(kept):
+        return "partly reproduced", evidence
+    return "not reproduced", evidence

@@ -1,0 +1,137 @@
+"""Run every experiment and write docs/experiments.md with its figures (`make experiments`).
+
+    OMP_NUM_THREADS=2 .venv/bin/python -m experiments.run_all [--smoke] [--methods A,B]
+        [--seeds 0,1,2] [--render]
+
+Each finished run is cached in .cache/experiments/ (keyed by its settings), so an
+interrupted `make experiments` resumes where it stopped; `--render` rewrites the doc from
+the cache alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from experiments.methods import Method, select
+from experiments.settings import ExperimentSettings, smoke
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / ".cache" / "experiments"
+DOC = ROOT / "docs" / "experiments.md"
+FIGURES = ROOT / "docs" / "images" / "experiments"
+COMMAND = "make experiments  (OMP_NUM_THREADS=2 .venv/bin/python -m experiments.run_all)"
+
+
+def resolve_paths(settings: ExperimentSettings) -> ExperimentSettings:
+    """Absolute toy model and classifier folders, fixed before anything else is imported."""
+    if not settings.use_toy_reward:
+        return settings
+    from draft_lightning.toy.paths import default_classifier_path, toy_sd_path
+
+    return replace(
+        settings,
+        pretrained_model=settings.pretrained_model or str(toy_sd_path()),
+        classifier=settings.classifier or str(default_classifier_path()),
+    )
+
+
+def cached(
+    cache: Path, kind: str, name: str, seed: int, settings: ExperimentSettings, compute
+) -> dict:
+    """Run `compute()` once per (kind, name, seed, settings); the result lives in CACHE
+    (--cache), so a rerun or an interrupted run skips what is done."""
+    fields = {k: v for k, v in asdict(settings).items() if k not in ("seeds", "methods")}
+    key = json.dumps([kind, name, seed, fields], sort_keys=True, default=str)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    path = cache / f"{kind}-{digest}.json"
+    if path.is_file():
+        return json.loads(path.read_text())["result"]
+    start = time.perf_counter()
+    result = compute()
+    print(f"  {kind} {name} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "result": result}))
+    tmp.replace(path)
+    return result
+
+
+def run_everything(settings: ExperimentSettings, cache: Path = CACHE) -> dict:
+    from experiments import run
+    from experiments.methods import all_methods
+
+    methods = select(settings.methods)
+    results: dict[str, list[dict]] = {}
+    for method in methods:
+        scales = (settings.lora_scale,) if method.name == "DRaFT-LV (n=2)" else ()
+        results[method.name] = [
+            cached(
+                cache,
+                "train",
+                method.name,
+                seed,
+                settings,
+                lambda m=method, s=seed, sc=scales: run.train(settings, m, s, lora_scales=sc),
+            )
+            for seed in settings.seeds
+        ]
+    lv = next(m for m in all_methods() if m.name == "DRaFT-LV (n=2)")
+    plus = Method("DRaFT-LV + DRaFT+", lv.build)
+    results[plus.name] = [
+        cached(
+            cache,
+            "train",
+            plus.name,
+            seed,
+            settings,
+            lambda s=seed: run.train(settings, plus, s, kl_coeff=settings.kl_coeff),
+        )
+        for seed in settings.seeds
+    ]
+    norms: dict[str, list[float]] = {}
+    for seed in settings.seeds:
+        measured = cached(
+            cache,
+            "gradnorm",
+            "DRaFT-K",
+            seed,
+            settings,
+            lambda s=seed: run.gradient_norms(settings, s),
+        )
+        for k, values in measured.items():
+            norms.setdefault(k, []).extend(values)
+    return {"settings": asdict(settings), "results": results, "gradient_norms": norms}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny random model, seconds")
+    parser.add_argument("--methods", help="comma-separated subset of the methods")
+    parser.add_argument("--seeds", help="comma-separated seeds (default 0,1,2)")
+    parser.add_argument("--out", type=Path, default=DOC, help="where to write the doc")
+    parser.add_argument("--figures", type=Path, default=FIGURES, help="where the PNGs go")
+    parser.add_argument("--cache", type=Path, default=CACHE, help="finished runs (resume)")
+    args = parser.parse_args()
+    settings = smoke() if args.smoke else ExperimentSettings()
+    if args.methods:
+        settings = replace(settings, methods=tuple(args.methods.split(",")))
+    if args.seeds:
+        settings = replace(settings, seeds=tuple(int(s) for s in args.seeds.split(",")))
+    settings = resolve_paths(settings)
+    start = time.perf_counter()
+    everything = run_everything(settings, args.cache)
+    everything["seconds"] = time.perf_counter() - start
+    from experiments.report import write_report
+
+    write_report(everything, args.out, args.figures, COMMAND + (" --smoke" if args.smoke else ""))
+    print(f"wrote {args.out} in {everything['seconds']:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""What every experiment shares: the toy model, its reward, sampling, LoRA and budgets.
+
+One place, so every method is compared on identical terms; only the estimator (or DDPO's
+module) differs between runs. `smoke()` shrinks everything so a test can run the whole path
+on the tiny random model in seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class ExperimentSettings:
+    """Shared settings; step budgets are optimiser steps per run."""
+
+    pretrained_model: str | None = None  # None: the toy model `make toy` saved
+    classifier: str | None = None  # None: the toy classifier `make toy` saved
+    reward_attribute: str = "colour"
+    reward_value: str = "red"
+    use_toy_reward: bool = True  # False: Brightness (the smoke test's tiny random model)
+    resolution: int = 32
+    num_steps: int = 20  # DDIM steps
+    guidance_scale: float = 3.0
+    batch_size: int = 4
+    lr: float = 1e-3
+    lora_rank: int = 8
+    seeds: tuple[int, ...] = (0, 1, 2)
+    gradient_steps: int = 60  # per run of each gradient method
+    val_every: int = 10
+    num_val_prompts: int = 8
+    num_val_seeds: int = 2
+    ddpo_batches: int = 16  # DDPO sampled batches per run (2 optimiser steps each)
+    ddpo_batch_size: int = 32
+    ddpo_lr: float = 3e-4
+    kl_coeff: float = 1.0  # DRaFT+ weight for the diversity experiment
+    lora_scale: float = 0.5  # LoRA scaling for the diversity experiment
+    grad_norm_ks: tuple[int, ...] = (1, 2, 5, 10, 20)
+    grad_norm_batches: int = 4  # fixed batches per seed for gradient norm vs K
+    methods: tuple[str, ...] = field(default=())  # empty: all
+
+
+def smoke() -> ExperimentSettings:
+    """The whole pipeline on the tiny random model, in seconds (for tests)."""
+    return replace(
+        ExperimentSettings(),
+        pretrained_model="tiny:sd",
+        use_toy_reward=False,
+        num_steps=4,
+        batch_size=2,
+        lr=1e-2,
+        seeds=(0,),
+        gradient_steps=2,
+        val_every=2,
+        num_val_prompts=2,
+        num_val_seeds=1,
+        ddpo_batches=1,
+        ddpo_batch_size=2,
+        grad_norm_ks=(1, 4),
+        grad_norm_batches=1,
+    )
