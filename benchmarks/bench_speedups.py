@@ -44,10 +44,10 @@ def no_grad_sample(module, batch: int, steps: int) -> None:
 def separate_calls(sampler):
     """The sampler's guided prediction with cond and uncond as two UNet calls (the naive way)."""
 
-    def guided(latents, t, cond, uncond):
+    def guided(latents, t, text):
         timestep = torch.full((), t, dtype=torch.long)
-        c = sampler.unet(latents, timestep, encoder_hidden_states=cond).sample
-        u = sampler.unet(latents, timestep, encoder_hidden_states=uncond).sample
+        c = sampler.unet(latents, timestep, encoder_hidden_states=text.cond).sample
+        u = sampler.unet(latents, timestep, encoder_hidden_states=text.uncond).sample
         return u + sampler.settings.guidance_scale * (c - u)
 
     return guided
