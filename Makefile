@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint clean screenshots bench experiments
+.PHONY: install test demo lint clean screenshots bench toy experiments
 
 install: $(STAMP)
 
@@ -34,6 +34,13 @@ bench: install
 # Rewrites docs/experiments.md and docs/images/experiments/.
 experiments: install
 	OMP_NUM_THREADS=2 $(BIN)/python -m experiments.run_all
+
+# Not part of `make test`: about 13 minutes on a 2-core CPU. Trains the toy world's attribute
+# classifier and a tiny SD-1.x-style model on it into $DRAFT_LIGHTNING_CACHE (default
+# ~/.cache/draft_lightning)/toy-classifier and toy-sd (with quality.json); configs/toy.yaml
+# fine-tunes that model.
+toy: install
+	OMP_NUM_THREADS=2 $(BIN)/python -m draft_lightning.toy.pretrain
 
 lint: install
 	$(BIN)/ruff check src tests scripts experiments
