@@ -86,6 +86,30 @@ def diversity_points(results: dict, scale: float) -> tuple[dict, dict]:
     return points, names
 
 
+def toy_model_facts(folder: str) -> str:
+    """How the toy model was pretrained and how well it follows captions (its quality.json),
+    so the doc names the exact model the numbers come from."""
+    import json
+
+    report = Path(folder).expanduser() / "quality.json"
+    if not report.is_file():
+        return ""
+    quality = json.loads(report.read_text())
+    settings = quality.get("settings", {})
+    keys = ("classifier_steps", "vae_steps", "unet_steps", "unet_batch", "unet_lr", "seed")
+    trained = ", ".join(f"{k}={settings[k]}" for k in keys if k in settings)
+    by_guidance = quality.get("generation", {}).get("by_guidance", {})
+    agreement = "; ".join(
+        f"guidance {scale}: " + ", ".join(f"{a} {v:.2f}" for a, v in values.items())
+        for scale, values in by_guidance.items()
+    )
+    return (
+        f"- Toy model pretraining (its quality.json): {trained}"
+        + (f"; architecture {settings['architecture']}" if "architecture" in settings else "")
+        + f". Caption agreement of generated images (toy classifier): {agreement}."
+    )
+
+
 def write_report(everything: dict, out: Path, figures: Path, command: str) -> None:
     settings, results = everything["settings"], everything["results"]
     norms = everything["gradient_norms"]
@@ -128,9 +152,9 @@ def write_report(everything: dict, out: Path, figures: Path, command: str) -> No
 
     s = settings
     reward = (
-        f"ToyAttributeReward({s['reward_attribute']}={s['reward_value']}): the toy "
-        "classifier's probability of that attribute, for every prompt (whatever the caption "
-        "asks for)"
+        f"ToyAttributeReward({s['reward_attribute']}={s['reward_value']}, temperature "
+        f"{s['reward_temperature']}): the toy classifier's probability of that attribute "
+        "(logits divided by the temperature), for every prompt, whatever the caption asks for"
         if s["use_toy_reward"]
         else "Brightness (smoke run on the random tiny model)"
     )
@@ -143,6 +167,7 @@ def write_report(everything: dict, out: Path, figures: Path, command: str) -> No
         "## Setup\n",
         f"- Model: `{s['pretrained_model']}` (`make toy`), DDIM {s['num_steps']} steps, "
         f"guidance {s['guidance_scale']}, {s['resolution']} px.",
+        toy_model_facts(s["pretrained_model"]) if s["use_toy_reward"] else "",
         f"- Reward: {reward}.",
         f"- Gradient methods: LoRA rank {s['lora_rank']}, AdamW lr {s['lr']} (no weight "
         f"decay), gradient clipping 1.0, batch {s['batch_size']}, {s['gradient_steps']} "

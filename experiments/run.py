@@ -41,6 +41,7 @@ def reward(settings: ExperimentSettings):
         attribute=settings.reward_attribute,
         value=settings.reward_value,
         classifier=settings.classifier,
+        temperature=settings.reward_temperature,
     )
 
 

@@ -16,14 +16,15 @@ class ExperimentSettings:
 
     pretrained_model: str | None = None  # None: the toy model `make toy` saved
     classifier: str | None = None  # None: the toy classifier `make toy` saved
-    reward_attribute: str = "colour"
-    reward_value: str = "red"
+    reward_attribute: str = "shape"
+    reward_value: str = "circle"
+    reward_temperature: float = 10.0  # the classifier is near-certain: soften its softmax
     use_toy_reward: bool = True  # False: Brightness (the smoke test's tiny random model)
     resolution: int = 32
     num_steps: int = 20  # DDIM steps
     guidance_scale: float = 3.0
     batch_size: int = 4
-    lr: float = 1e-3
+    lr: float = 3e-3
     lora_rank: int = 8
     seeds: tuple[int, ...] = (0, 1, 2)
     gradient_steps: int = 60  # per run of each gradient method
