@@ -46,7 +46,7 @@ def all_methods() -> list[Method]:
         Method("DRaFT-K (K=5)", _estimator(lambda n: DraftK(min(5, n)))),
         Method("DRaFT-K (K=10)", _estimator(lambda n: DraftK(min(10, n)))),
         Method("full DRaFT", _estimator(lambda n: Draft())),
-        Method("AlignProp (K~U[1,T])", _estimator(lambda n: RandomTruncation(low=1))),
+        Method("AlignProp (K~U[1..T])", _estimator(lambda n: RandomTruncation(low=1))),
         Method("ReFL", _estimator(lambda n: ReFL(window=max(1, n // 4)))),
         Method("DDPO", _ddpo, ddpo=True),
     ]
