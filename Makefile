@@ -35,7 +35,7 @@ bench: install
 experiments: install
 	OMP_NUM_THREADS=2 $(BIN)/python -m experiments.run_all
 
-# Not part of `make test`: about 13 minutes on a 2-core CPU. Trains the toy world's attribute
+# Not part of `make test`: about 11 minutes on a quiet 2-core CPU. Trains the toy world's attribute
 # classifier and a tiny SD-1.x-style model on it into $DRAFT_LIGHTNING_CACHE (default
 # ~/.cache/draft_lightning)/toy-classifier and toy-sd (with quality.json); configs/toy.yaml
 # fine-tunes that model.

@@ -58,12 +58,12 @@ class PretrainSettings:
         seed: seeds weights, data order and noise.
     """
 
-    classifier_steps: int = 800
+    classifier_steps: int = 1000
     classifier_batch: int = 128
     vae_steps: int = 1600
     vae_batch: int = 16
     vae_kl_weight: float = 1e-6
-    unet_steps: int = 1800
+    unet_steps: int = 2000
     unet_batch: int = 32
     unet_lr: float = 2e-3
     caption_dropout: float = 0.1

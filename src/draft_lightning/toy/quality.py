@@ -87,21 +87,25 @@ def generation_quality(
     grid: str | Path | None = None,
 ) -> dict:
     """Caption agreement of generated images at each guidance scale (and a grid of the first
-    64 images at the last scale, 4x enlarged, if `grid` names a .png file; their captions are
-    `evaluation_captions(64)`)."""
+    64 images at the middle scale, 4x enlarged, if `grid` names a .png file; their captions
+    are `evaluation_captions(64)`)."""
     captions = evaluation_captions(num_images)
+    shown = guidance_scales[len(guidance_scales) // 2]
     report: dict = {
         "num_images": num_images,
         "num_steps": num_steps,
         "chance": chance_agreement(),
         "by_guidance": {},
+        "grid_guidance": float(shown),
     }
     for scale in guidance_scales:
         images = generate(folder, classifier_folder, captions, scale, num_steps)
         report["by_guidance"][str(float(scale))] = caption_agreement(classifier, images, captions)
+        if scale == shown:
+            grid_images = images
     if grid is not None:
         from torch.nn.functional import interpolate
         from torchvision.utils import save_image
 
-        save_image(interpolate(images[:64], scale_factor=4), str(grid), nrow=8, padding=2)
+        save_image(interpolate(grid_images[:64], scale_factor=4), str(grid), nrow=8, padding=2)
     return report
