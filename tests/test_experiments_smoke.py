@@ -3,6 +3,7 @@ so the experiment driver, its claims and its report cannot rot between full runs
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,14 +11,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_smoke(out: Path, figures: Path, cache: Path) -> subprocess.CompletedProcess:
+    """One thread: two OpenMP threads beside other processes on 2 cores run far slower."""
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.run_all", "--smoke", "--out", str(out),
+         "--figures", str(figures), "--cache", str(cache)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+
+
 def test_every_experiment_runs_and_the_report_judges_every_claim(tmp_path):
     out, figures = tmp_path / "experiments.md", tmp_path / "figures"
-    result = subprocess.run(
-        [sys.executable, "-m", "experiments.run_all", "--smoke", "--out", str(out),
-         "--figures", str(figures), "--cache", str(tmp_path / "cache")],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env={"OMP_NUM_THREADS": "1", **__import__("os").environ},
-    )  # fmt: skip
+    result = run_smoke(out, figures, tmp_path / "cache")
     assert result.returncode == 0, result.stderr[-3000:]
     doc = out.read_text()
     claims = doc.split("## The claims")[1].split("## Results")[0]
@@ -29,9 +35,5 @@ def test_every_experiment_runs_and_the_report_judges_every_claim(tmp_path):
     pngs = sorted(p.name for p in figures.glob("*.png"))
     assert len(pngs) == 5 and all((figures / p).stat().st_size > 5000 for p in pngs), pngs
     # Finished runs are cached: a second invocation trains nothing.
-    again = subprocess.run(
-        [sys.executable, "-m", "experiments.run_all", "--smoke", "--out", str(out),
-         "--figures", str(figures), "--cache", str(tmp_path / "cache")],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    again = run_smoke(out, figures, tmp_path / "cache")
     assert again.returncode == 0 and " s\n" not in again.stdout, again.stdout
