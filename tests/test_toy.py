@@ -196,6 +196,23 @@ def test_attribute_reward_prefers_its_value_and_has_a_gradient(colour_classifier
     assert reward(upscaled, ["", ""]).shape == (2,)
 
 
+def test_diversity_features_are_what_the_classifier_heads_read(colour_classifier):
+    from draft_lightning.diversity import mean_pairwise_distance
+
+    reward = ToyAttributeReward("colour", "red", classifier=str(colour_classifier))
+    red = world.render([world.Scene("circle", "red", "large", "middle", "grey")] * 2)
+    mixed = world.render(
+        [world.Scene("circle", c, "large", "middle", "grey") for c in ["red", "blue"]]
+    )
+    features = reward.image_features(torch.cat([red, mixed]))
+    assert features.shape == (4, reward.classifier.hidden)
+    head = reward.classifier.heads["colour"]
+    torch.testing.assert_close(head(features[2:]), reward.classifier(mixed)["colour"])
+    # Identical images are not diverse; a red and a blue circle are.
+    assert float(mean_pairwise_distance(features[:2], cosine=True)) < 1e-6
+    assert float(mean_pairwise_distance(features[2:], cosine=True)) > 1e-3
+
+
 def test_temperature_softens_the_reward_by_dividing_the_logits(colour_classifier):
     sharp = ToyAttributeReward("colour", "red", classifier=str(colour_classifier))
     soft = ToyAttributeReward("colour", "red", classifier=str(colour_classifier), temperature=4.0)

@@ -3,7 +3,8 @@
 Reward fine-tuning collapses towards a few high-reward images; the first sign is that the
 seeds of one prompt stop producing different pictures. The metric is the mean pairwise
 distance between the images of each prompt (cosine distance of a reward model's image
-embeddings where the reward has one, else root-mean-square pixel distance), averaged over
+embeddings where the reward has one (CLIP rewards, the toy classifier), else
+root-mean-square pixel distance), averaged over
 prompts. 0 means every seed gave the same image.
 """
 

@@ -51,12 +51,16 @@ class ToyClassifier(nn.Module):
             {name: nn.Linear(hidden, len(values)) for name, values in self.attributes.items()}
         )
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The shared features every attribute head reads, [B, hidden]."""
         if images.shape[-2:] != (world.IMAGE_SIZE, world.IMAGE_SIZE):
             images = nn.functional.interpolate(
                 images, size=(world.IMAGE_SIZE, world.IMAGE_SIZE), mode="bilinear", antialias=True
             )
-        features = self.features(images * 2.0 - 1.0)
+        return self.features(images * 2.0 - 1.0)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.embed(images)
         return {name: head(features) for name, head in self.heads.items()}
 
     def config(self) -> dict:

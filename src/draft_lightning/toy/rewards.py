@@ -92,5 +92,12 @@ class ToyAttributeReward(Reward):
     def forward(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         return self.probabilities(images)[:, self.index]
 
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The classifier's penultimate layer, [B, hidden], for `val/diversity`: pixel
+        distance rewards the noise and artefacts of reward hacking as "diverse", while these
+        features measure what the images depict, as CLIP embeddings do for the real rewards."""
+        weight_dtype = next(self.classifier.parameters()).dtype
+        return self.classifier.embed(images.to(weight_dtype)).float()
+
     def extra_repr(self) -> str:
         return f"attribute={self.attribute!r}, value={self.value!r}"
