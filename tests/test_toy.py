@@ -341,22 +341,33 @@ def test_pretrained_folder_loads_and_fine_tunes_with_the_toy_reward(pretrained):
     assert any(not torch.equal(before[n], after[n]) for n in before)
 
 
+def test_toy_model_name_resolves_to_the_make_toy_folder(pretrained, tmp_path, monkeypatch):
+    from draft_lightning.models import resolve_pretrained
+
+    root, _ = pretrained
+    monkeypatch.setenv("DRAFT_LIGHTNING_CACHE", str(root))
+    assert resolve_pretrained("toy:sd") == root / "toy-sd"
+    monkeypatch.setenv("DRAFT_LIGHTNING_CACHE", str(tmp_path))
+    with pytest.raises(ModelUnavailableError, match="run `make toy`") as error:
+        resolve_pretrained("toy:sd")
+    assert str(tmp_path / "toy-sd") in str(error.value) and "\n" not in str(error.value)
+
+
 @pytest.mark.slow
 def test_toy_overlay_fine_tunes_through_the_cli_and_names_make_toy_when_missing(
-    pretrained, tmp_path
+    pretrained, tmp_path, monkeypatch
 ):
     root, _ = pretrained
+    monkeypatch.setenv("DRAFT_LIGHTNING_CACHE", str(root))  # toy:sd and the classifier: here
     configs = [CONFIGS / "draft_lv.yaml", CONFIGS / "toy.yaml"]
-    model = ["--model.pretrained_model", str(root / "toy-sd")]
-    classifier = ["--model.reward.init_args.classifier", str(root / "toy-classifier")]
-    result = lightning_fit(configs, [*model, *classifier, "--trainer.max_steps", "1"], tmp_path)
+    result = lightning_fit(configs, ["--trainer.max_steps", "1"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (row,) = logged_rows(tmp_path)
     assert 0 <= float(row["train/reward/toy_shape_circle"]) <= 1
 
     missing = ["--model.reward.init_args.classifier", str(tmp_path / "nowhere")]
     (tmp_path / "missing").mkdir()
-    result = lightning_fit(configs, [*model, *missing], tmp_path / "missing")
+    result = lightning_fit(configs, missing, tmp_path / "missing")
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "make toy" in errors[0] and "Traceback" not in result.stderr

@@ -21,6 +21,7 @@ from draft_lightning.prompt_encoders import SDXLConditioning
 
 TINY_PREFIX = "tiny:"
 TINY_MODELS = {"tiny:sd": "epsilon", "tiny:sd-v": "v_prediction", "tiny:sdxl": "sdxl"}
+TOY_MODEL = "toy:sd"  # what `make toy` pretrains, in $DRAFT_LIGHTNING_CACHE/toy-sd
 
 # Only what sampling needs: real repos also hold multi-GB single-file checkpoints, fp16 and
 # non-EMA variants, and .bin duplicates of the safetensors weights.
@@ -40,7 +41,8 @@ VAE_HUB_PATTERNS = ["config.json", "diffusion_pytorch_model.safetensors"]
 
 
 def resolve_pretrained(name: str) -> Path:
-    """A local diffusers folder for `name`: the tiny model, an existing folder, or a hub id.
+    """A local diffusers folder for `name`: a tiny model, the toy model, an existing folder,
+    or a hub id.
 
     Hub ids are looked up in the local Hugging Face cache first and downloaded only if
     missing; any failure becomes one line saying what to download and where to put it.
@@ -53,6 +55,10 @@ def resolve_pretrained(name: str) -> Path:
         from draft_lightning.tiny import tiny_sd_path
 
         return tiny_sd_path(prediction_type=TINY_MODELS[name])
+    if name == TOY_MODEL:
+        from draft_lightning.toy.paths import toy_sd_path
+
+        return toy_sd_path()
     if name.startswith(TINY_PREFIX):
         raise ConfigError(
             f"pretrained_model={name!r} is not a built-in tiny model (choose from "
