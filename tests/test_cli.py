@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -274,14 +273,19 @@ def test_missing_sd_checkpoint_is_one_line(offline, tmp_path):
     # draft_lv.yaml's reward needs hub weights too and is built before the model: a
     # weights-free reward leaves the SD checkpoint as the one thing missing.
     args = ["fit", "--config", str(CONFIGS / "draft_lv.yaml"), "--model.reward", "Colorfulness"]
-    assert_fails_fast_offline(args, tmp_path, offline, SD_REPO, "model.pretrained_model")
+    line = assert_fails_fast_offline(args, tmp_path, offline, SD_REPO, "model.pretrained_model")
+    assert "downloads are missing" not in line, line  # named once, not twice
 
 
-def test_paper_config_offline_is_one_line(tmp_path):
-    # draft_lv.yaml as shipped: whichever hub download it needs first is named in one line.
+def test_paper_config_offline_names_every_missing_download_in_one_line(tmp_path):
+    # draft_lv.yaml as shipped on a fresh offline machine: the reward's CLIP and head and the
+    # SD checkpoint are all missing, and one line names the three, so one fetch suffices.
     args = ["fit", "--config", str(CONFIGS / "draft_lv.yaml")]
-    line = assert_fails_fast_offline(args, tmp_path, True)
-    assert re.search(r"'[\w.-]+/[\w.-]+'", line), f"no hub repo id named in: {line}"
+    line = assert_fails_fast_offline(args, tmp_path, True, SD_REPO)
+    assert "3 downloads are missing" in line, line
+    for repo in ("timm/vit_large_patch14_clip_224.openai", "trl-lib/ddpo-aesthetic-predictor"):
+        assert f"hf download {repo}" in line, line
+    assert f"hf download {SD_REPO}" in line, line
 
 
 # --- 4. bad values are refused before anything loads -----------------------------------------

@@ -321,6 +321,23 @@ def test_offline_hub_weights_fail_with_one_line_naming_the_download(monkeypatch,
     assert "timm/vit_base_patch32_clip_224.openai" in one_line(error)
 
 
+def test_aesthetic_names_both_missing_downloads_in_one_line(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
+    with pytest.raises(ModelUnavailableError) as error:
+        AestheticReward()  # CLIP ViT-L-14/openai and the head: neither is cached
+    message = one_line(error)
+    assert message.startswith("2 downloads are missing: (1) AestheticReward.clip_pretrained")
+    assert "timm/vit_large_patch14_clip_224.openai" in message
+    assert "(2) AestheticReward.head" in message and "trl-lib/ddpo-aesthetic-predictor" in message
+    # With the CLIP stand-in present, only the head is named, as the loader's own error.
+    with pytest.raises(ModelUnavailableError) as error:
+        AestheticReward(clip_model="tiny:clip", clip_pretrained="tiny:clip")
+    assert one_line(error).startswith("AestheticReward.head: file")
+
+
 def test_a_wrong_local_path_fails_with_one_line(tmp_path):
     missing = tmp_path / "sac+logos+ava1-l14-linearMSE.pth"
     with pytest.raises(ModelUnavailableError) as error:

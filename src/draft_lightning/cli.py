@@ -13,7 +13,7 @@ import logging
 import sys
 import warnings
 
-from draft_lightning.errors import ConfigError, ModelUnavailableError
+from draft_lightning.errors import ConfigError, ModelUnavailableError, missing_together
 
 # LightningCLI seeds (and logs "Seed set to N") after parsing and before building the classes
 # that validate the config; the message is held back until they are built, and dropped if the
@@ -72,14 +72,19 @@ def _cli_class():
             refused = False
             try:
                 super().instantiate_classes()
-            except (ConfigError, ModelUnavailableError):
+            except ConfigError:
                 refused = True
                 raise
+            except ModelUnavailableError as error:
+                refused = True
+                raise self._with_missing_models(error) from error
             except ValueError as error:
                 cause = _user_error(error)
                 if cause is None:
                     raise
                 refused = True
+                if isinstance(cause, ModelUnavailableError):
+                    raise self._with_missing_models(cause) from error
                 raise cause from error
             finally:
                 seed_logger.removeFilter(self._held_seed_records)
@@ -89,6 +94,13 @@ def _cli_class():
                         seed_logger.handle(record)
                     for args, kwargs in held_warnings:
                         show_warning(*args, **kwargs)
+
+        def _with_missing_models(self, error: ModelUnavailableError) -> ModelUnavailableError:
+            """The reward is built before the model: if its weights are missing, say in the
+            same line whether the model's are too (resolving them is a cache lookup)."""
+            subcommand = self.config.get("subcommand")
+            config = self.config.get(subcommand) if subcommand else self.config
+            return missing_together([error, *missing_model_downloads(config)])
 
         def add_arguments_to_parser(self, parser) -> None:
             """Callbacks every run needs, as named groups: an overlay changes one key
@@ -191,6 +203,30 @@ def check_checkpoint(path: str) -> None:
         ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ConfigError(f"ckpt_path={path!r} is not a Lightning checkpoint (no state_dict)")
+
+
+def missing_model_downloads(config) -> list[ModelUnavailableError]:
+    """What the model's `pretrained_model` and `pretrained_vae` need that is not here, when
+    the hub cannot be reached (online, they download when their turn comes)."""
+    from draft_lightning.hub import offline_reason
+    from draft_lightning.models import TINY_PREFIX, resolve_pretrained, resolve_vae
+
+    if offline_reason() is None:
+        return []
+    model = (config or {}).get("model") or {}
+    init_args = model.get("init_args") or model  # subclass mode nests them
+    missing = []
+    for key, resolve in (("pretrained_model", resolve_pretrained), ("pretrained_vae", resolve_vae)):
+        name = init_args.get(key)
+        if not isinstance(name, str) or name.startswith(TINY_PREFIX):
+            continue  # unset, or built here
+        try:
+            resolve(name)
+        except ModelUnavailableError as error:
+            missing.append(error)
+        except ConfigError:
+            pass  # a bad value: reported by itself once the downloads are in place
+    return missing
 
 
 def _user_error(error: BaseException) -> BaseException | None:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from draft_lightning.errors import ConfigError
+from draft_lightning.errors import ConfigError, load_each
 from draft_lightning.rewards.open_clip_loader import load_open_clip
 from draft_lightning.rewards.pretrained import DTypeName, PretrainedReward
 from draft_lightning.rewards.weights import load_tensors, resolve_file
@@ -94,10 +94,14 @@ class AestheticReward(PretrainedReward):
         """
         super().__init__(name, dtype)
         keys = ("clip_model", "clip_pretrained")
-        clip = load_open_clip(clip_model, clip_pretrained, self.what, keys=keys)
+        clip, self.head = load_each(
+            [
+                lambda: load_open_clip(clip_model, clip_pretrained, self.what, keys=keys),
+                lambda: load_aesthetic_mlp(head, f"{self.what}.head"),
+            ]
+        )
         self.visual: nn.Module = clip.model.visual  # the text tower is not needed
         self.transform = clip.transform
-        self.head = load_aesthetic_mlp(head, f"{self.what}.head")
         embed_dim = self.visual.output_dim
         if self.head[0].in_features != embed_dim:
             raise ConfigError(
