@@ -102,7 +102,8 @@ def diversity_kept(points: dict[str, dict[str, tuple[float, float]]]) -> tuple[s
     kl, scaled = keeps(points["kl"]), keeps(points["scaled"])
     lost = plain < base
     evidence = (
-        f"reward / val/diversity: base model {base_reward:.3f} / {base:.4f}, unregularised "
+        "validation reward / diversity of the empty prompt's samples: base model "
+        f"{base_reward:.3f} / {base:.4f}, unregularised "
         f"DRaFT-LV {plain_reward:.3f} / {plain:.4f} (loses diversity: {'yes' if lost else 'no'}); "
         f"{listed(points['kl'])}; {listed(points['scaled'])}. Keeping more diversity while "
         f"keeping >= {KEEP_GAIN:.0%} of the reward gain (reward >= {floor:.3f}): "

@@ -2,7 +2,7 @@
 
 Everything but the estimator comes from ExperimentSettings, so a difference between two
 curves is a difference between algorithms. The gradient methods share one learning rate
-(no per-method tuning); DDPO uses its paper's optimiser settings (settings.ddpo_lr).
+(no per-method tuning); DDPO takes its own (settings.ddpo_lr, weight decay, PPO updates).
 """
 
 from __future__ import annotations
@@ -50,6 +50,11 @@ def all_methods() -> list[Method]:
         Method("ReFL", _estimator(lambda n: ReFL(window=max(1, n // 4)))),
         Method("DDPO", _ddpo, ddpo=True),
     ]
+
+
+def draftp_name(kl_coeff: float) -> str:
+    """DRaFT-LV with the DRaFT+ term at this weight: one run name per swept coefficient."""
+    return f"DRaFT-LV + DRaFT+ (kl {kl_coeff:g})"
 
 
 def select(names: tuple[str, ...]) -> list[Method]:

@@ -20,13 +20,17 @@ def reward_curves(results: dict, x: str, path: Path, names=None, log_x=False) ->
     """Mean validation reward (shaded: min-max over seeds) against `x` for each method."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    for name, runs in results.items():
+    colours = plt.get_cmap("tab20").colors[::2] + plt.get_cmap("tab20").colors[1::2]
+    for index, (name, runs) in enumerate(results.items()):
         if names is not None and name not in names:
             continue
+        colour = colours[index % len(colours)]  # one per method in every figure, 20 distinct
         points = mean_curve(runs, x, "reward")
         xs = [p[0] for p in points]
-        ax.plot(xs, [p[1] for p in points], marker=".", label=name)
-        ax.fill_between(xs, [p[2] for p in points], [p[3] for p in points], alpha=0.15)
+        ax.plot(xs, [p[1] for p in points], marker=".", label=name, color=colour)
+        ax.fill_between(
+            xs, [p[2] for p in points], [p[3] for p in points], alpha=0.15, color=colour
+        )
     labels = {"queries": "reward queries (images scored)", "seconds": "training seconds (CPU)",
               "step": "optimiser steps"}  # fmt: skip
     ax.set_xlabel(labels[x])
@@ -54,16 +58,23 @@ def gradient_norms(norms: dict[str, list[float]], path: Path) -> Path:
     return _save(fig, path)
 
 
-def diversity(points: dict[str, tuple[float, float]], path: Path) -> Path:
-    """Final (reward, diversity) of each variant: up and right is better on both."""
+def diversity(points: dict[str, dict[str, tuple[float, float]]], path: Path) -> Path:
+    """Final (reward, diversity) of each variant, one colour per role, each sweep joined in
+    order: up and right is better on both."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.2, 3.8), dpi=110)
-    for name, (reward, spread) in points.items():
-        ax.scatter([reward], [spread], s=30)
-        ax.annotate(name, (reward, spread), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel("validation reward")
-    ax.set_ylabel("val/diversity")
+    fig, ax = plt.subplots(figsize=(5.6, 4.0), dpi=110)
+    for role, variants in points.items():
+        rewards = [p[0] for p in variants.values()]
+        spreads = [p[1] for p in variants.values()]
+        ax.plot(rewards, spreads, marker="o", markersize=5, linewidth=0.8, label=role)
+        for name, (reward, spread) in variants.items():
+            ax.annotate(
+                name, (reward, spread), fontsize=7, xytext=(4, 4), textcoords="offset points"
+            )
+    ax.set_xlabel("validation reward (captions)")
+    ax.set_ylabel("diversity (empty prompt's samples)")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return _save(fig, path)
 
 

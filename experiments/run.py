@@ -121,7 +121,44 @@ def train(
         trainer.validate(module, data, verbose=False)  # `validate` uses lora_scale
         scaled[str(scale)] = dict(recorder.val.pop())
         module.lora_scale = 1.0
-    return {"train": recorder.train, "val": recorder.val, "lora_scaled": scaled}
+    # Scale 0 turns the adapter off: the base model, on the same seeds.
+    unconditional_scales = (0.0, *lora_scales, 1.0) if lora_scales else (1.0,)
+    return {
+        "train": recorder.train,
+        "val": recorder.val,
+        "lora_scaled": scaled,
+        "unconditional": {
+            f"{scale:g}": unconditional_samples(module, settings, scale)
+            for scale in unconditional_scales
+        },
+    }
+
+
+@torch.no_grad()
+def unconditional_samples(module, settings: ExperimentSettings, lora_scale: float) -> dict:
+    """Mean reward and diversity of `diversity_seeds` images for the empty prompt at this LoRA
+    strength. The toy model learned the empty prompt as its caption-dropout branch, so its
+    samples vary in every attribute; fine-tuning that collapses them shows up here."""
+    from draft_lightning.diversity import mean_pairwise_distance
+
+    seeds = [10_000 + i for i in range(settings.diversity_seeds)]
+    prompts = [""] * len(seeds)
+    module.lora_scale = lora_scale
+    module.use_generation_adapters()
+    images = torch.cat(
+        [module.generate(prompts[i : i + 8], seeds[i : i + 8]) for i in range(0, len(seeds), 8)]
+    )
+    features = module.reward.image_features(images)
+    cosine = features is not None
+    if not cosine:  # pixels, as val/diversity does for rewards without an embedding
+        features = torch.nn.functional.interpolate(images.float(), size=(32, 32), mode="area")
+    reward = module.reward(images, prompts).float().mean()
+    module.lora_scale = 1.0
+    module.use_training_adapter()
+    return {
+        "reward": float(reward),
+        "diversity": float(mean_pairwise_distance(features.flatten(1), cosine)),
+    }
 
 
 def gradient_norms(settings: ExperimentSettings, seed: int) -> dict[str, list[float]]:

@@ -1,11 +1,12 @@
 """Run every experiment and write docs/experiments.md with its figures (`make experiments`).
 
     OMP_NUM_THREADS=2 .venv/bin/python -m experiments.run_all [--smoke] [--methods A,B]
-        [--seeds 0,1,2] [--render]
+        [--seeds 0,1,2]
 
-Each finished run is cached in .cache/experiments/ (keyed by its settings), so an
-interrupted `make experiments` resumes where it stopped; `--render` rewrites the doc from
-the cache alone.
+Each finished run is cached in .cache/experiments/ (keyed by its settings and the weights of
+the toy model and classifier), so an interrupted `make experiments` resumes where it
+stopped, a rerun with everything cached only rewrites the doc, and a new `make toy` starts
+afresh.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from experiments.methods import Method, select
+from experiments.methods import Method, draftp_name, select
 from experiments.settings import ExperimentSettings, smoke
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +27,7 @@ CACHE = ROOT / ".cache" / "experiments"
 DOC = ROOT / "docs" / "experiments.md"
 FIGURES = ROOT / "docs" / "images" / "experiments"
 COMMAND = "make experiments  (OMP_NUM_THREADS=2 .venv/bin/python -m experiments.run_all)"
+FINISHED: list[float] = []  # when each run this report uses finished (its cache file's time)
 
 
 def resolve_paths(settings: ExperimentSettings) -> ExperimentSettings:
@@ -41,16 +43,31 @@ def resolve_paths(settings: ExperimentSettings) -> ExperimentSettings:
     )
 
 
+def weights_fingerprint(settings: ExperimentSettings) -> str:
+    """Hash of the model's and classifier's weight files: the cache key names folders, and
+    `make toy` rewrites the same folders with a different model."""
+    digest = hashlib.sha1()
+    for folder in (settings.pretrained_model, settings.classifier):
+        if folder is None or not Path(folder).is_dir():
+            continue  # a built-in tiny model: its name identifies it
+        for path in sorted(Path(folder).rglob("*.safetensors")):
+            digest.update(path.relative_to(folder).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def cached(
     cache: Path, kind: str, name: str, seed: int, settings: ExperimentSettings, compute
 ) -> dict:
     """Run `compute()` once per (kind, name, seed, settings); the result lives in CACHE
     (--cache), so a rerun or an interrupted run skips what is done."""
     fields = {k: v for k, v in asdict(settings).items() if k not in ("seeds", "methods")}
+    fields["weights"] = weights_fingerprint(settings)
     key = json.dumps([kind, name, seed, fields], sort_keys=True, default=str)
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     path = cache / f"{kind}-{digest}.json"
     if path.is_file():
+        FINISHED.append(path.stat().st_mtime)
         return json.loads(path.read_text())["result"]
     start = time.perf_counter()
     result = compute()
@@ -59,6 +76,7 @@ def cached(
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"key": key, "result": result}))
     tmp.replace(path)
+    FINISHED.append(path.stat().st_mtime)
     return result
 
 
@@ -66,34 +84,28 @@ def run_everything(settings: ExperimentSettings, cache: Path = CACHE) -> dict:
     from experiments import run
     from experiments.methods import all_methods
 
-    methods = select(settings.methods)
-    results: dict[str, list[dict]] = {}
-    for method in methods:
-        scales = (settings.lora_scale,) if method.name == "DRaFT-LV (n=2)" else ()
-        results[method.name] = [
+    def every_seed(method: Method, **train_options) -> list[dict]:
+        return [
             cached(
                 cache,
                 "train",
                 method.name,
                 seed,
                 settings,
-                lambda m=method, s=seed, sc=scales: run.train(settings, m, s, lora_scales=sc),
+                lambda s=seed: run.train(settings, method, s, **train_options),
             )
             for seed in settings.seeds
         ]
+
+    results: dict[str, list[dict]] = {}
+    for method in select(settings.methods):
+        scales = settings.lora_scales if method.name == "DRaFT-LV (n=2)" else ()
+        results[method.name] = every_seed(method, lora_scales=scales)
     lv = next(m for m in all_methods() if m.name == "DRaFT-LV (n=2)")
-    plus = Method("DRaFT-LV + DRaFT+", lv.build)
-    results[plus.name] = [
-        cached(
-            cache,
-            "train",
-            plus.name,
-            seed,
-            settings,
-            lambda s=seed: run.train(settings, plus, s, kl_coeff=settings.kl_coeff),
+    for kl_coeff in settings.kl_coeffs:
+        results[draftp_name(kl_coeff)] = every_seed(
+            Method(draftp_name(kl_coeff), lv.build), kl_coeff=kl_coeff
         )
-        for seed in settings.seeds
-    ]
     norms: dict[str, list[float]] = {}
     for seed in settings.seeds:
         measured = cached(
@@ -127,6 +139,7 @@ def main() -> None:
     start = time.perf_counter()
     everything = run_everything(settings, args.cache)
     everything["seconds"] = time.perf_counter() - start
+    everything["finished"] = (min(FINISHED), max(FINISHED))
     from experiments.report import write_report
 
     write_report(everything, args.out, args.figures, COMMAND + (" --smoke" if args.smoke else ""))

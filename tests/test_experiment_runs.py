@@ -1,0 +1,27 @@
+"""The diversity measurement of the experiments, on the tiny model: strength 0 must be the base
+model whatever the adapter learned, since the report uses it as the base model's point."""
+
+from __future__ import annotations
+
+import torch
+
+from experiments import run
+from experiments.methods import all_methods
+from experiments.settings import smoke
+
+
+def test_unconditional_samples_at_strength_zero_are_the_base_model():
+    settings = smoke()
+    module = run.build_module(settings, all_methods()[0], seed=0)
+    base = run.unconditional_samples(module, settings, 0.0)
+    assert base == run.unconditional_samples(module, settings, 1.0)  # B = 0: nothing learned
+    with torch.no_grad():
+        for name, parameter in module.unet.named_parameters():
+            if "lora_B" in name:
+                parameter.add_(0.5 * torch.randn_like(parameter))
+    assert run.unconditional_samples(module, settings, 0.0) == base
+    trained = run.unconditional_samples(module, settings, 1.0)
+    assert trained["diversity"] != base["diversity"] and trained["reward"] != base["reward"]
+    assert base["diversity"] > 0  # distinct seeds give distinct images
+    # Training resumes at full strength.
+    assert module.lora_scale == 1.0
