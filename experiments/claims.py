@@ -101,6 +101,16 @@ def diversity_kept(points: dict[str, dict[str, tuple[float, float]]]) -> tuple[s
 
     kl, scaled = keeps(points["kl"]), keeps(points["scaled"])
     lost = plain < base
+    early = list(points.get("early", {}).values())
+
+    def against_early(name: str) -> str:
+        reward, spread = {**points["kl"], **points["scaled"]}[name]
+        stopped = early_stopping_diversity(early, reward)
+        if stopped is None:
+            return f"{name}: reward outside the early-stopping path"
+        better = "more" if spread > stopped else "less"
+        return f"{name} {spread:.4f} vs {stopped:.4f} ({better})"
+
     evidence = (
         "validation reward / diversity of the empty prompt's samples: base model "
         f"{base_reward:.3f} / {base:.4f}, unregularised "
@@ -108,9 +118,25 @@ def diversity_kept(points: dict[str, dict[str, tuple[float, float]]]) -> tuple[s
         f"{listed(points['kl'])}; {listed(points['scaled'])}. Keeping more diversity while "
         f"keeping >= {KEEP_GAIN:.0%} of the reward gain (reward >= {floor:.3f}): "
         + (", ".join(kl + scaled) if kl or scaled else "none")
+        + (
+            ". Against stopping unregularised DRaFT-LV early at the same reward (its diversity "
+            "then, interpolated along its evaluations): "
+            + "; ".join(map(against_early, kl + scaled))
+            if early and (kl or scaled)
+            else ""
+        )
     )
     if lost and kl and scaled:
         return "reproduced", evidence
     if lost and (kl or scaled):
         return "partly reproduced", evidence
     return "not reproduced", evidence
+
+
+def early_stopping_diversity(path: list[tuple[float, float]], reward: float) -> float | None:
+    """Diversity of an unregularised run when its (reward, diversity) path, in training order,
+    first reached `reward`: linear between the two evaluations around it; None if never."""
+    for (r0, d0), (r1, d1) in zip(path, path[1:], strict=False):
+        if min(r0, r1) <= reward <= max(r0, r1):
+            return d0 if r1 == r0 else d0 + (d1 - d0) * (reward - r0) / (r1 - r0)
+    return None

@@ -62,11 +62,24 @@ def diversity(points: dict[str, dict[str, tuple[float, float]]], path: Path) -> 
     """Final (reward, diversity) of each variant, one colour per role, each sweep joined in
     order: up and right is better on both."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.6, 4.0), dpi=110)
+    fig, ax = plt.subplots(figsize=(6.2, 4.4), dpi=110)
+    labels = {
+        "early": "DRaFT-LV while training (stop early)",
+        "base": "base model",
+        "plain": "DRaFT-LV, end",
+        "kl": "DRaFT+ (kl_coeff)",
+        "scaled": "LoRA scaling",
+    }
     for role, variants in points.items():
+        if not variants:
+            continue
         rewards = [p[0] for p in variants.values()]
         spreads = [p[1] for p in variants.values()]
-        ax.plot(rewards, spreads, marker="o", markersize=5, linewidth=0.8, label=role)
+        style = {"linestyle": "--", "color": "grey"} if role == "early" else {}
+        ax.plot(rewards, spreads, marker="o", markersize=5, linewidth=0.8,
+                label=labels.get(role, role), **style)  # fmt: skip
+        if role == "early":
+            continue  # its steps would crowd the labels of the others
         for name, (reward, spread) in variants.items():
             ax.annotate(
                 name, (reward, spread), fontsize=7, xytext=(4, 4), textcoords="offset points"

@@ -4,12 +4,17 @@ reward, reward queries, training wall time (validation excluded) and gradient no
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from lightning.pytorch import Callback
 
 
 class Recorder(Callback):
-    def __init__(self) -> None:
+    """`measure(module)`, if given, adds its values to every evaluation's record (outside
+    the timed training steps)."""
+
+    def __init__(self, measure: Callable[[object], dict] | None = None) -> None:
+        self.measure = measure
         self.train: list[dict] = []
         self.val: list[dict] = []
         self.train_seconds = 0.0
@@ -40,5 +45,6 @@ class Recorder(Callback):
                 "seconds": self.train_seconds,
                 "reward": values["val/reward"],
                 "diversity": values["val/diversity"],
+                **(self.measure(pl_module) if self.measure is not None else {}),
             }
         )

@@ -65,11 +65,15 @@ def results_table(results: dict) -> str:
     return _table(headers, rows)
 
 
-def diversity_points(results: dict, settings: dict) -> dict[str, dict[str, tuple]]:
+def diversity_points(
+    results: dict, settings: dict, early_stopping: list[dict] | None = None
+) -> dict[str, dict[str, tuple]]:
     """(validation reward on the captions, diversity of the empty prompt's samples), means
     over seeds, per variant and grouped by role: the base model (step 0; the adapter at
     strength 0), unregularised DRaFT-LV, DRaFT+ at each weight, and the DRaFT-LV adapter at
-    each LoRA scale. The reward is the one trained for; the diversity is the model's."""
+    each LoRA scale; with `early_stopping` (DRaFT-LV runs that measured the empty prompt at
+    every evaluation) also its path. The reward is the one trained for; the diversity is
+    the model's."""
     lv = results["DRaFT-LV (n=2)"]
 
     def mean(values) -> float:
@@ -85,7 +89,16 @@ def diversity_points(results: dict, settings: dict) -> dict[str, dict[str, tuple
     def scaled(x: float) -> tuple[float, float]:
         return mean(run["lora_scaled"][str(x)]["reward"] for run in lv), diversity(lv, x)
 
+    early = {}
+    if early_stopping:
+        for i in range(min(len(run["val"]) for run in early_stopping)):
+            evaluations = [run["val"][i] for run in early_stopping]
+            early[f"step {evaluations[0]['step']}"] = (
+                mean(e["reward"] for e in evaluations),
+                mean(e["unconditional"]["diversity"] for e in evaluations),
+            )
     return {
+        "early": early,
         "base": {"base model": (mean(run["val"][0]["reward"] for run in lv), diversity(lv, 0.0))},
         "plain": {"DRaFT-LV": trained(lv)},
         "kl": {f"DRaFT+ kl {c:g}": trained(results[draftp_name(c)]) for c in settings["kl_coeffs"]},
@@ -133,7 +146,7 @@ def write_report(everything: dict, out: Path, figures: Path, command: str) -> No
         ),
         "norms": plots.gradient_norms(norms, figures / "gradient_norm_vs_k.png"),
     }  # fmt: skip
-    points = diversity_points(results, settings)
+    points = diversity_points(results, settings, everything.get("early_stopping"))
     figure_paths["diversity"] = plots.diversity(points, figures / "diversity.png")
 
     verdicts = []
@@ -196,8 +209,9 @@ def write_report(everything: dict, out: Path, figures: Path, command: str) -> No
         )
         + f", as `val/diversity` computes it, among {s['diversity_seeds']} final samples of the "
         "empty prompt (the toy model learned it as its caption-dropout branch, so they vary in "
-        "every attribute); `val/diversity` on the validation captions is listed too. DRaFT+: "
-        "DRaFT-LV with kl_coeff "
+        "every attribute); `val/diversity` on the validation captions is listed too. Early "
+        "stopping: DRaFT-LV trained again with the empty prompt measured at every evaluation. "
+        "DRaFT+: DRaFT-LV with kl_coeff "
         + ", ".join(f"{c:g}" for c in s["kl_coeffs"])
         + "; LoRA scaling: each seed's trained DRaFT-LV adapter evaluated at strength "
         + ", ".join(f"{x:g}" for x in s["lora_scales"])

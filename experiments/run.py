@@ -76,10 +76,16 @@ def build_module(settings: ExperimentSettings, method: Method, seed: int, **over
 
 
 def train(
-    settings: ExperimentSettings, method: Method, seed: int, lora_scales=(), **overrides
+    settings: ExperimentSettings,
+    method: Method,
+    seed: int,
+    lora_scales=(),
+    unconditional_every_eval: bool = False,
+    **overrides,
 ) -> dict:
     """Fit one run; return its per-step and per-evaluation records, plus evaluations of the
-    final adapter at other LoRA strengths (`lora_scales`)."""
+    final adapter at other LoRA strengths (`lora_scales`). `unconditional_every_eval` adds
+    the empty prompt's reward and diversity to every evaluation (the early-stopping path)."""
     from lightning.pytorch import Trainer
 
     from draft_lightning.data import PromptDataModule
@@ -98,7 +104,11 @@ def train(
     )
     steps = 2 * settings.ddpo_batches if method.ddpo else settings.gradient_steps
     val_every = max(1, settings.ddpo_batches // 4) if method.ddpo else settings.val_every
-    recorder = Recorder()
+    recorder = Recorder(
+        (lambda m: {"unconditional": unconditional_samples(m, settings, 1.0)})
+        if unconditional_every_eval
+        else None
+    )
     trainer = Trainer(
         accelerator="cpu",
         max_steps=steps,

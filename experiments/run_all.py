@@ -84,11 +84,11 @@ def run_everything(settings: ExperimentSettings, cache: Path = CACHE) -> dict:
     from experiments import run
     from experiments.methods import all_methods
 
-    def every_seed(method: Method, **train_options) -> list[dict]:
+    def every_seed(method: Method, kind: str = "train", **train_options) -> list[dict]:
         return [
             cached(
                 cache,
-                "train",
+                kind,
                 method.name,
                 seed,
                 settings,
@@ -106,6 +106,9 @@ def run_everything(settings: ExperimentSettings, cache: Path = CACHE) -> dict:
         results[draftp_name(kl_coeff)] = every_seed(
             Method(draftp_name(kl_coeff), lv.build), kl_coeff=kl_coeff
         )
+    # DRaFT-LV again, with the empty prompt measured at every evaluation: what stopping
+    # unregularised training early gives, to set the remedies' diversity against.
+    early_stopping = every_seed(lv, "trajectory", unconditional_every_eval=True)
     norms: dict[str, list[float]] = {}
     for seed in settings.seeds:
         measured = cached(
@@ -118,7 +121,12 @@ def run_everything(settings: ExperimentSettings, cache: Path = CACHE) -> dict:
         )
         for k, values in measured.items():
             norms.setdefault(k, []).extend(values)
-    return {"settings": asdict(settings), "results": results, "gradient_norms": norms}
+    return {
+        "settings": asdict(settings),
+        "results": results,
+        "early_stopping": early_stopping,
+        "gradient_norms": norms,
+    }
 
 
 def main() -> None:

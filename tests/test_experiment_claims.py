@@ -102,3 +102,18 @@ def test_small_k_claim_checks_final_reward_and_monotone_gradient_norms():
     assert claims.small_k_beats_full(results, growing)[0] == "partly reproduced"
     shrinking = {"1": [2.0], "5": [0.5], "20": [0.1]}
     assert claims.small_k_beats_full(results, shrinking)[0] == "not reproduced"
+
+
+def test_early_stopping_diversity_is_read_where_the_path_first_reaches_the_reward():
+    path = [(0.2, 0.6), (0.5, 0.5), (0.9, 0.3), (0.7, 0.35)]  # in training order
+    assert claims.early_stopping_diversity(path, 0.35) == 0.55
+    assert abs(claims.early_stopping_diversity(path, 0.8) - 0.35) < 1e-12  # first in 0.5-0.9
+    assert claims.early_stopping_diversity(path, 0.95) is None
+    # A remedy is set against the path in the evidence; the verdict's rule is unchanged.
+    points = {
+        **diversity_points({"kl 0.01": (0.8, 0.45)}, {"scale 0.5": (0.5, 0.3)}),
+        "early": {f"step {10 * i}": p for i, p in enumerate([(0.2, 0.05), (0.9, 0.01)])},
+    }
+    verdict, evidence = claims.diversity_kept(points)
+    assert verdict == "partly reproduced"  # scale 0.5 keeps under half the reward gain
+    assert "kl 0.01 0.4500 vs 0.0157 (more)" in evidence
