@@ -317,6 +317,12 @@ def test_offline_hub_weights_fail_with_one_line_naming_the_download(monkeypatch,
         PickScoreReward(processor="tiny:pickscore")
     assert "hf download yuvalkirstain/PickScore_v1" in one_line(error)
     with pytest.raises(ModelUnavailableError) as error:
+        PickScoreReward()  # neither the model nor the processor is cached: both named
+    message = one_line(error)
+    assert message.startswith("2 downloads are missing: (1) PickScoreReward.model")
+    assert "(2) PickScoreReward.processor" in message
+    assert "laion/CLIP-ViT-H-14-laion2B-s32B-b79K" in message
+    with pytest.raises(ModelUnavailableError) as error:
         CLIPScoreReward(model="ViT-B-32", pretrained="openai")
     assert "timm/vit_base_patch32_clip_224.openai" in one_line(error)
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from draft_lightning.errors import ConfigError
+from draft_lightning.errors import ConfigError, load_each
 from draft_lightning.rewards.checkpointing import checkpoint_blocks
 from draft_lightning.rewards.preprocess import ImageTransform
 from draft_lightning.rewards.pretrained import DTypeName, PretrainedReward, check_batch
@@ -50,9 +50,15 @@ class PickScoreReward(PretrainedReward):
         super().__init__(name, dtype)
         from transformers import CLIPModel, CLIPProcessor
 
-        model_dir = resolve_folder(model, f"{self.what}.model", ["config.json"], _WEIGHTS)
-        processor_dir = resolve_folder(
-            processor, f"{self.what}.processor", ["preprocessor_config.json|processor_config.json"]
+        model_dir, processor_dir = load_each(
+            [
+                lambda: resolve_folder(model, f"{self.what}.model", ["config.json"], _WEIGHTS),
+                lambda: resolve_folder(
+                    processor,
+                    f"{self.what}.processor",
+                    ["preprocessor_config.json|processor_config.json"],
+                ),
+            ]
         )
         try:
             self.model = CLIPModel.from_pretrained(model_dir)
