@@ -81,11 +81,13 @@ def train(
     seed: int,
     lora_scales=(),
     unconditional_every_eval: bool = False,
+    val_every: int | None = None,
     **overrides,
 ) -> dict:
     """Fit one run; return its per-step and per-evaluation records, plus evaluations of the
     final adapter at other LoRA strengths (`lora_scales`). `unconditional_every_eval` adds
-    the empty prompt's reward and diversity to every evaluation (the early-stopping path)."""
+    the empty prompt's reward and diversity to every evaluation (the early-stopping path);
+    `val_every` (training batches) replaces the settings' evaluation interval."""
     from lightning.pytorch import Trainer
 
     from draft_lightning.data import PromptDataModule
@@ -103,7 +105,8 @@ def train(
         seed=seed,
     )
     steps = 2 * settings.ddpo_batches if method.ddpo else settings.gradient_steps
-    val_every = max(1, settings.ddpo_batches // 4) if method.ddpo else settings.val_every
+    if val_every is None:
+        val_every = max(1, settings.ddpo_batches // 4) if method.ddpo else settings.val_every
     recorder = Recorder(
         (lambda m: {"unconditional": unconditional_samples(m, settings, 1.0)})
         if unconditional_every_eval

@@ -121,19 +121,48 @@ def run_everything(settings: ExperimentSettings, cache: Path = CACHE) -> dict:
         )
         for k, values in measured.items():
             norms.setdefault(k, []).extend(values)
+    # DDPO once more, 8x longer on one seed (last: the longest run): whether and when it gains.
+    ddpo = next(m for m in all_methods() if m.ddpo)
+    long_settings = replace(settings, ddpo_batches=settings.ddpo_long_batches)
+    ddpo_long = None
+    if ddpo.name in results:
+        ddpo_long = cached(
+            cache,
+            "ddpo-long",
+            ddpo.name,
+            settings.ddpo_long_seed,
+            settings,
+            lambda: run.train(
+                long_settings, ddpo, settings.ddpo_long_seed, val_every=settings.ddpo_long_val_every
+            ),
+        )
     return {
         "settings": asdict(settings),
         "results": results,
         "early_stopping": early_stopping,
+        "ddpo_long": ddpo_long,
         "gradient_norms": norms,
     }
+
+
+def seed_list(text: str) -> tuple[int, ...]:
+    """--seeds: argparse turns the ValueError into a one-line usage error."""
+    try:
+        seeds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers (e.g. 0,1,2)"
+        ) from None
+    if any(seed < 0 for seed in seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: seeds must be >= 0")
+    return seeds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny random model, seconds")
     parser.add_argument("--methods", help="comma-separated subset of the methods")
-    parser.add_argument("--seeds", help="comma-separated seeds (default 0,1,2)")
+    parser.add_argument("--seeds", type=seed_list, help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--out", type=Path, default=DOC, help="where to write the doc")
     parser.add_argument("--figures", type=Path, default=FIGURES, help="where the PNGs go")
     parser.add_argument("--cache", type=Path, default=CACHE, help="finished runs (resume)")
@@ -142,7 +171,7 @@ def main() -> None:
     if args.methods:
         settings = replace(settings, methods=tuple(args.methods.split(",")))
     if args.seeds:
-        settings = replace(settings, seeds=tuple(int(s) for s in args.seeds.split(",")))
+        settings = replace(settings, seeds=args.seeds)
     settings = resolve_paths(settings)
     start = time.perf_counter()
     everything = run_everything(settings, args.cache)

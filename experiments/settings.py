@@ -36,6 +36,12 @@ class ExperimentSettings:
     # The gradient methods' rate: the DDPO paper's 3e-4 (scaled for its far larger runs) did
     # not move the toy model's reward in 512 queries, and one shared rate is the fair default.
     ddpo_lr: float = 3e-3
+    # DDPO once more on one seed, 8x longer: whether (and when) it gains at all. Its 216
+    # captions recur rarely, so per-prompt statistics (16 rewards of a caption) only take
+    # over from the batch's after about 3,500 queries.
+    ddpo_long_batches: int = 256  # 8192 reward queries
+    ddpo_long_seed: int = 0
+    ddpo_long_val_every: int = 16  # batches (512 queries) between its evaluations
     kl_coeffs: tuple[float, ...] = (0.01, 0.1, 1.0)  # DRaFT+ weights (diversity experiment)
     lora_scales: tuple[float, ...] = (0.25, 0.5, 0.75)  # the trained DRaFT-LV adapter at these
     # Diversity is measured on the empty prompt (the toy model's caption-dropout branch): a
@@ -62,6 +68,8 @@ def smoke() -> ExperimentSettings:
         num_val_seeds=1,
         ddpo_batches=1,
         ddpo_batch_size=2,
+        ddpo_long_batches=2,
+        ddpo_long_val_every=1,
         kl_coeffs=(0.1,),
         lora_scales=(0.5,),
         diversity_seeds=3,

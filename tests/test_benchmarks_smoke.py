@@ -4,15 +4,8 @@ the results they promise."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 LOCAL = ("parts", "memory", "growth", "sampler", "speedups", "paper")
 

@@ -53,7 +53,10 @@ def test_ddpo_comparison_counts_queries_to_match_ddpo_gain_over_its_own_base():
         "DRaFT-1": [run([0.20, 0.25, 0.35, 0.50], 40)],
     }
     verdict, evidence = claims.fewer_queries_than_ddpo(results)
-    assert verdict == "reproduced" and "after 80 (12.5x fewer" in evidence
+    assert (
+        verdict == "reproduced" and "after 1000 queries, DRaFT-1's mean curve after 80" in evidence
+    )
+    assert "(12.5x fewer" in evidence
 
     # If DRaFT-1 needs nearly as many queries, the claim fails.
     results["DDPO"] = [run([0.30, 0.35, 0.40], 50)]
@@ -63,6 +66,36 @@ def test_ddpo_comparison_counts_queries_to_match_ddpo_gain_over_its_own_base():
     results["DRaFT-1"] = [run([0.20, 0.22, 0.25], 40)]
     verdict, evidence = claims.fewer_queries_than_ddpo(results)
     assert verdict == "not reproduced" and "never gains as much" in evidence
+
+
+def test_ddpo_long_run_sets_the_gain_and_a_gain_within_seed_noise_counts_as_none():
+    # Three DDPO seeds end within +-0.01 of their base: sd 0.01, so noise is 0.02.
+    flat = [run([0.30, r], 512) for r in (0.29, 0.30, 0.31)]
+    one = [run([0.20, 0.21, 0.31, 0.45], 40)]
+    # The long run gains 0.1, first after 3 x 1024 queries; DRaFT-1 gains 0.1 after 80.
+    long_run = run([0.30, 0.32, 0.35, 0.40, 0.39, 0.40], 1024)
+    verdict, evidence = claims.fewer_queries_than_ddpo({"DDPO": flat, "DRaFT-1": one}, long_run)
+    assert verdict == "reproduced", evidence
+    assert "gain +0.0000 over its base after 512" in evidence and "= 0.0200" in evidence
+    assert "first gains +0.1000 after 3072 queries, DRaFT-1's mean curve after 80" in evidence
+    assert "(38.4x fewer" in evidence
+
+    # A long run that ends within the noise: the ratio is a lower bound, DDPO's budget over
+    # DRaFT-1's first gain above the noise (0.10 at 80 queries; 0.01 at 40 is within it).
+    stuck = run([0.30, 0.32, 0.29, 0.31], 1024)
+    verdict, evidence = claims.fewer_queries_than_ddpo({"DDPO": flat, "DRaFT-1": one}, stuck)
+    assert verdict == "reproduced"
+    assert "never gains beyond the noise in 3072 queries" in evidence
+    assert "does after 80 (at least 38.4x fewer" in evidence
+
+    # Without a long run the seeds' mean curve is judged the same way: 512 / 80 queries.
+    verdict, evidence = claims.fewer_queries_than_ddpo({"DDPO": flat, "DRaFT-1": one})
+    assert verdict == "reproduced" and "never gains beyond the noise in 512 queries" in evidence
+    assert "(at least 6.4x fewer" in evidence
+    # A bound under 5x is no evidence of "far fewer": 100 / 80 queries.
+    short = [run([0.30, r], 100) for r in (0.29, 0.30, 0.31)]
+    verdict, evidence = claims.fewer_queries_than_ddpo({"DDPO": short, "DRaFT-1": one})
+    assert verdict == "not reproduced" and "(at least 1.2x fewer" in evidence
 
 
 def test_lv_claim_needs_both_fewer_steps_and_a_small_extra_cost():

@@ -30,10 +30,30 @@ def test_every_experiment_runs_and_the_report_judges_every_claim(tmp_path):
     rows = [line for line in claims.splitlines() if line.startswith("| ") and "**" in line]
     assert len(rows) == 4, claims  # every claim judged, none "not run"
     assert all("not run" not in row for row in rows), rows
-    for method in ("DRaFT-1", "DRaFT-LV (n=2)", "full DRaFT", "ReFL", "DDPO", "DRaFT-LV + DRaFT+"):
+    for method in (
+        "DRaFT-1",
+        "DRaFT-LV (n=2)",
+        "full DRaFT",
+        "ReFL",
+        "DDPO",
+        "DRaFT-LV + DRaFT+",
+        "DDPO, long run",
+    ):
         assert f"| {method}" in doc, method
     pngs = sorted(p.name for p in figures.glob("*.png"))
-    assert len(pngs) == 5 and all((figures / p).stat().st_size > 5000 for p in pngs), pngs
+    assert len(pngs) == 6 and all((figures / p).stat().st_size > 5000 for p in pngs), pngs
     # Finished runs are cached: a second invocation trains nothing.
     again = run_smoke(out, figures, tmp_path / "cache")
     assert again.returncode == 0 and " s\n" not in again.stdout, again.stdout
+
+
+def test_bad_seeds_are_refused_in_one_line_before_anything_runs(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.run_all", "--smoke", "--seeds", "0,x",
+         "--out", str(tmp_path / "doc.md"), "--cache", str(tmp_path / "cache")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    error = result.stderr.strip().splitlines()[-1]
+    assert "--seeds: '0,x' is not a comma-separated list of integers" in error, result.stderr
+    assert not (tmp_path / "doc.md").exists() and not (tmp_path / "cache").exists()
