@@ -137,7 +137,7 @@ def write_report(everything: dict, out: Path, figures: Path, command: str) -> No
     settings, results = everything["settings"], everything["results"]
     norms = everything["gradient_norms"]
     ddpo_long = everything.get("ddpo_long")
-    # The long run joins the table and its own figure (in every other figure its 8x longer
+    # The long run joins the table and its own figure (in every other figure its 5x longer
     # axis would squash the rest); appended last, so every method keeps its colour.
     with_long = {**results, DDPO_LONG: [ddpo_long]} if ddpo_long else results
     relative = os.path.relpath(figures, out.parent)

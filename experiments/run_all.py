@@ -56,14 +56,25 @@ def weights_fingerprint(settings: ExperimentSettings) -> str:
     return digest.hexdigest()[:16]
 
 
+# Read by the DDPO long run alone, which puts them in its key as ddpo_batches and its name:
+# kept out of the other runs' keys, so changing them does not invalidate those runs.
+LONG_RUN_FIELDS = ("ddpo_long_batches", "ddpo_long_seed", "ddpo_long_val_every")
+
+
+def cache_key(kind: str, name: str, seed: int, settings: ExperimentSettings) -> str:
+    """What identifies a run: its kind, name, seed, the settings it reads and the weights."""
+    skip = ("seeds", "methods", *LONG_RUN_FIELDS)
+    fields = {k: v for k, v in asdict(settings).items() if k not in skip}
+    fields["weights"] = weights_fingerprint(settings)
+    return json.dumps([kind, name, seed, fields], sort_keys=True, default=str)
+
+
 def cached(
     cache: Path, kind: str, name: str, seed: int, settings: ExperimentSettings, compute
 ) -> dict:
     """Run `compute()` once per (kind, name, seed, settings); the result lives in CACHE
     (--cache), so a rerun or an interrupted run skips what is done."""
-    fields = {k: v for k, v in asdict(settings).items() if k not in ("seeds", "methods")}
-    fields["weights"] = weights_fingerprint(settings)
-    key = json.dumps([kind, name, seed, fields], sort_keys=True, default=str)
+    key = cache_key(kind, name, seed, settings)
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     path = cache / f"{kind}-{digest}.json"
     if path.is_file():
@@ -121,7 +132,7 @@ def run_everything(settings: ExperimentSettings, cache: Path = CACHE) -> dict:
         )
         for k, values in measured.items():
             norms.setdefault(k, []).extend(values)
-    # DDPO once more, 8x longer on one seed (last: the longest run): whether and when it gains.
+    # DDPO once more, 5x longer on one seed (last: the longest run): whether and when it gains.
     ddpo = next(m for m in all_methods() if m.ddpo)
     long_settings = replace(settings, ddpo_batches=settings.ddpo_long_batches)
     ddpo_long = None
@@ -129,9 +140,9 @@ def run_everything(settings: ExperimentSettings, cache: Path = CACHE) -> dict:
         ddpo_long = cached(
             cache,
             "ddpo-long",
-            ddpo.name,
+            f"{ddpo.name}, evaluated every {settings.ddpo_long_val_every} batches",
             settings.ddpo_long_seed,
-            settings,
+            long_settings,
             lambda: run.train(
                 long_settings, ddpo, settings.ddpo_long_seed, val_every=settings.ddpo_long_val_every
             ),
