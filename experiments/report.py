@@ -137,7 +137,7 @@ def write_report(everything: dict, out: Path, figures: Path, command: str) -> No
     settings, results = everything["settings"], everything["results"]
     norms = everything["gradient_norms"]
     ddpo_long = everything.get("ddpo_long")
-    # The long run joins the table and its own figure (in every other figure its 5x longer
+    # The long run joins the table and its own figure (in every other figure its longer
     # axis would squash the rest); appended last, so every method keeps its colour.
     with_long = {**results, DDPO_LONG: [ddpo_long]} if ddpo_long else results
     relative = os.path.relpath(figures, out.parent)
@@ -212,8 +212,13 @@ def write_report(everything: dict, out: Path, figures: Path, command: str) -> No
         f"- DDPO: eta 1, batch {s['ddpo_batch_size']} trajectories, 2 PPO updates per batch, "
         f"{s['ddpo_batches']} batches, AdamW lr {s['ddpo_lr']} (weight decay 1e-4), clip "
         "range 1e-4, per-prompt reward statistics once a caption has 16 rewards (the batch's "
-        f"until then). Its long run: seed {s['ddpo_long_seed']}, {s['ddpo_long_batches']} "
-        f"batches, evaluated every {s['ddpo_long_val_every']} batches.",
+        "until then)."
+        + (
+            f" Its long run: seed {s['ddpo_long_seed']}, {s['ddpo_long_batches']} batches, "
+            f"evaluated every {s['ddpo_long_val_every']} batches."
+            if ddpo_long
+            else " No long run (`--ddpo-long-batches`)."
+        ),
         f"- Validation: {s['num_val_prompts']} fixed captions x {s['num_val_seeds']} seeds "
         f"every {s['val_every']} steps; seeds {', '.join(map(str, s['seeds']))} for every "
         "method. Curves are means over seeds, shaded min to max.",

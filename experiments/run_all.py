@@ -132,11 +132,11 @@ def run_everything(settings: ExperimentSettings, cache: Path = CACHE) -> dict:
         )
         for k, values in measured.items():
             norms.setdefault(k, []).extend(values)
-    # DDPO once more, 5x longer on one seed (last: the longest run): whether and when it gains.
+    # DDPO once more, longer, on one seed (last: the longest run): whether and when it gains.
     ddpo = next(m for m in all_methods() if m.ddpo)
     long_settings = replace(settings, ddpo_batches=settings.ddpo_long_batches)
     ddpo_long = None
-    if ddpo.name in results:
+    if ddpo.name in results and settings.ddpo_long_batches > 0:
         ddpo_long = cached(
             cache,
             "ddpo-long",
@@ -169,11 +169,24 @@ def seed_list(text: str) -> tuple[int, ...]:
     return seeds
 
 
+def batches(text: str) -> int:
+    """--ddpo-long-batches: a count >= 0, or a one-line usage error."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of batches (an integer >= 0)")
+    return int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny random model, seconds")
     parser.add_argument("--methods", help="comma-separated subset of the methods")
     parser.add_argument("--seeds", type=seed_list, help="comma-separated seeds (default 0,1,2)")
+    parser.add_argument(
+        "--ddpo-long-batches",
+        type=batches,
+        default=0,
+        help="also train DDPO on one seed for this many batches of 32 (default 0: not run)",
+    )
     parser.add_argument("--out", type=Path, default=DOC, help="where to write the doc")
     parser.add_argument("--figures", type=Path, default=FIGURES, help="where the PNGs go")
     parser.add_argument("--cache", type=Path, default=CACHE, help="finished runs (resume)")
@@ -181,6 +194,8 @@ def main() -> None:
     settings = smoke() if args.smoke else ExperimentSettings()
     if args.methods:
         settings = replace(settings, methods=tuple(args.methods.split(",")))
+    if args.ddpo_long_batches:
+        settings = replace(settings, ddpo_long_batches=args.ddpo_long_batches)
     if args.seeds:
         settings = replace(settings, seeds=args.seeds)
     settings = resolve_paths(settings)

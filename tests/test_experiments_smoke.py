@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -47,13 +49,19 @@ def test_every_experiment_runs_and_the_report_judges_every_claim(tmp_path):
     assert again.returncode == 0 and " s\n" not in again.stdout, again.stdout
 
 
-def test_bad_seeds_are_refused_in_one_line_before_anything_runs(tmp_path):
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--seeds", "0,x", "--seeds: '0,x' is not a comma-separated list of integers"),
+        ("--ddpo-long-batches", "1.5", "'1.5' is not a number of batches (an integer >= 0)"),
+    ],
+)
+def test_bad_options_are_refused_in_one_line_before_anything_runs(tmp_path, option, value, message):
     result = subprocess.run(
-        [sys.executable, "-m", "experiments.run_all", "--smoke", "--seeds", "0,x",
+        [sys.executable, "-m", "experiments.run_all", "--smoke", option, value,
          "--out", str(tmp_path / "doc.md"), "--cache", str(tmp_path / "cache")],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 2
-    error = result.stderr.strip().splitlines()[-1]
-    assert "--seeds: '0,x' is not a comma-separated list of integers" in error, result.stderr
+    assert message in result.stderr.strip().splitlines()[-1], result.stderr
     assert not (tmp_path / "doc.md").exists() and not (tmp_path / "cache").exists()
