@@ -30,8 +30,9 @@ bench: install
 	OMP_NUM_THREADS=2 $(BIN)/python -m benchmarks.run_all
 
 # Not part of `make test`: the paper's findings on the toy world (needs `make toy` first);
-# about an hour on a 2-core CPU, resumable (finished runs are cached in .cache/experiments).
-# Rewrites docs/experiments.md and docs/images/experiments/.
+# about 105 minutes alone on a 2-core CPU, resumable (finished runs are cached in
+# .cache/experiments). Rewrites docs/experiments.md and docs/images/experiments/. A longer
+# DDPO run on one seed is opt-in: add `--ddpo-long-batches 256` to the command below.
 experiments: install
 	OMP_NUM_THREADS=2 $(BIN)/python -m experiments.run_all
 

@@ -39,7 +39,7 @@ class ExperimentSettings:
     # DDPO once more on one seed for longer (--ddpo-long-batches; 0: not run): whether and when
     # it gains at all. Its 216 captions recur rarely, so per-prompt statistics (16 rewards of
     # a caption) take over from the batch's only after about 3,500 queries. 256 batches (8192
-    # queries) take about 40 min here, on top of the rest's 90: not part of `make experiments`.
+    # queries) take about 40 min here, on top of the rest's 105: not part of `make experiments`.
     ddpo_long_batches: int = 0
     ddpo_long_seed: int = 0
     ddpo_long_val_every: int = 16  # batches (512 queries) between its evaluations
