@@ -157,7 +157,7 @@ def run_everything(settings: ExperimentSettings, cache: Path = CACHE) -> dict:
 
 
 def seed_list(text: str) -> tuple[int, ...]:
-    """--seeds: argparse turns the ValueError into a one-line usage error."""
+    """--seeds: a bad list becomes argparse's one-line usage error (exit 2)."""
     try:
         seeds = tuple(int(part) for part in text.split(","))
     except ValueError:

@@ -65,3 +65,16 @@ def test_bad_options_are_refused_in_one_line_before_anything_runs(tmp_path, opti
     assert result.returncode == 2
     assert message in result.stderr.strip().splitlines()[-1], result.stderr
     assert not (tmp_path / "doc.md").exists() and not (tmp_path / "cache").exists()
+
+
+def test_the_long_run_settings_stay_out_of_every_other_runs_cache_key():
+    from dataclasses import replace
+
+    from experiments.run_all import cache_key
+    from experiments.settings import smoke
+
+    settings = smoke()
+    key = cache_key("train", "DRaFT-1", 0, settings)
+    longer = replace(settings, ddpo_long_batches=99, ddpo_long_seed=3, ddpo_long_val_every=7)
+    assert cache_key("train", "DRaFT-1", 0, longer) == key
+    assert cache_key("train", "DRaFT-1", 0, replace(settings, lr=0.5)) != key
