@@ -41,10 +41,10 @@ def part_fns(module, estimator, batch: int) -> dict[str, Callable[[], object]]:
     optimizer = torch.optim.AdamW(module.trainable_parameters(), lr=1e-9)
 
     def text():
-        state["text"] = module.prompt_encoder.condition(
+        state["text"] = module.pipeline.prompt_encoder.condition(
             text_prompts, sampler.settings.guidance_scale
         )
-        state["noise"] = torch.randn(batch, *module.latent_shape)
+        state["noise"] = torch.randn(batch, *module.pipeline.latent_shape)
 
     def prefix():
         text_ = state["text"]
@@ -56,8 +56,7 @@ def part_fns(module, estimator, batch: int) -> dict[str, Callable[[], object]]:
                 x0 = sampler.sample(state["noise"], text_, grad_from=steps).latents
                 start = steps - 1
                 x0 = x0.repeat(estimator.n, 1, 1, 1)
-                t = torch.tensor([sampler.timesteps[start]])
-                x = sampler.scheduler.add_noise(x0, torch.randn_like(x0), t)
+                x = sampler.renoise(x0, torch.randn_like(x0), start)
                 text_ = text_.repeat(estimator.n)
         state.update(x=x, start=start, window_text=text_)
 
@@ -70,7 +69,7 @@ def part_fns(module, estimator, batch: int) -> dict[str, Callable[[], object]]:
 
     def decode():
         z = state["latents"].requires_grad_()
-        images = module.decode(z)
+        images = module.pipeline.decode(z)
         images.backward(torch.randn_like(images))
         state["images"] = images.detach()
 

@@ -23,7 +23,7 @@ def pipeline_fn(pipe, module, batch: int, resolution: int, steps: int):
     seeds = list(range(batch))
     noise = torch.stack(
         [
-            torch.randn(module.latent_shape, generator=torch.Generator().manual_seed(s))
+            torch.randn(module.pipeline.latent_shape, generator=torch.Generator().manual_seed(s))
             for s in seeds
         ]
     )
@@ -45,17 +45,17 @@ def pipeline_fn(pipe, module, batch: int, resolution: int, steps: int):
 def run(smoke: bool = False) -> Section:
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    from draft_lightning.tiny import tiny_sd_path
+    from draft_lightning.testing.tiny_sd import tiny_sd_path
 
     resolution, steps, batch, rounds = (32, 2, 1, 1) if smoke else (64, 50, 2, 2)
     ours = build_module(resolution, steps)
     unmerged = build_module(resolution, steps, merge_lora_without_grad=False)
     base = StableDiffusionPipeline.from_pretrained(tiny_sd_path(), safety_checker=None)
     same = StableDiffusionPipeline(
-        vae=ours.vae,
-        text_encoder=ours.prompt_encoder.text_encoder,
-        tokenizer=ours.prompt_encoder.tokenizer,
-        unet=ours.unet,
+        vae=ours.pipeline.vae,
+        text_encoder=ours.pipeline.prompt_encoder.text_encoder,
+        tokenizer=ours.pipeline.prompt_encoder.tokenizer,
+        unet=ours.pipeline.denoiser,
         scheduler=DDIMScheduler.from_config(base.scheduler.config),
         safety_checker=None,
         feature_extractor=None,

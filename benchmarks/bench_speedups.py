@@ -32,22 +32,23 @@ from benchmarks.common import (
 
 def no_grad_sample(module, batch: int, steps: int) -> None:
     """The last `steps` sampling steps without gradient, then decode: a prefix's work."""
-    text = module.prompt_encoder.condition(prompts(batch), module.sampling.guidance_scale)
-    noise = torch.randn(batch, *module.latent_shape, generator=torch.Generator().manual_seed(0))
+    text = module.pipeline.condition(prompts(batch))
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(batch, *module.pipeline.latent_shape, generator=generator)
     sampler = module.sampler
     with torch.no_grad():
         start = sampler.num_steps - steps
         latents = sampler.sample(noise, text, grad_from=sampler.num_steps, start=start).latents
-        module.decode(latents)
+        module.pipeline.decode(latents)
 
 
 def separate_calls(sampler):
     """The sampler's guided prediction with cond and uncond as two UNet calls (the naive way)."""
 
-    def guided(latents, t, text):
-        timestep = torch.full((), t, dtype=torch.long)
-        c = sampler.unet(latents, timestep, encoder_hidden_states=text.cond).sample
-        u = sampler.unet(latents, timestep, encoder_hidden_states=text.uncond).sample
+    def guided(latents, index, text):
+        timestep = sampler.timestep(index, latents)
+        c = sampler.call(sampler.denoiser, latents, timestep, text.cond)
+        u = sampler.call(sampler.denoiser, latents, timestep, text.uncond)
         return u + sampler.settings.guidance_scale * (c - u)
 
     return guided
@@ -67,8 +68,8 @@ def sampling_modules(resolution: int, steps: int, compiled) -> dict:
         ),
     }
     two = modules["cond and uncond as two UNet calls"].sampler
-    two._guided = separate_calls(two)
-    modules["classic attention (no SDPA)"].unet.set_attn_processor(AttnProcessor())
+    two.guided = separate_calls(two)
+    modules["classic attention (no SDPA)"].pipeline.denoiser.set_attn_processor(AttnProcessor())
     if compiled is not None:
         modules["compile_unet"] = compiled
     return modules
@@ -114,8 +115,8 @@ def host_syncs(resolution: int, steps: int, batch: int) -> int:
 
         return wrapper
 
-    text = module.prompt_encoder.condition(prompts(batch), 7.5)
-    noise = torch.randn(batch, *module.latent_shape)
+    text = module.pipeline.prompt_encoder.condition(prompts(batch), 7.5)
+    noise = torch.randn(batch, *module.pipeline.latent_shape)
     for name in names:
         setattr(torch.Tensor, name, counting(name))
     try:

@@ -241,7 +241,7 @@ def build_module(
     from draft_lightning.estimators import DraftK
     from draft_lightning.module import DraftModule
     from draft_lightning.rewards import Brightness
-    from draft_lightning.sampling import SamplingSettings
+    from draft_lightning.samplers.settings import SamplingSettings
 
     return DraftModule(
         reward=Brightness(),

@@ -39,7 +39,7 @@ def build_trl(resolution: int, steps: int, batch: int, logdir: str):
     from trl import AlignPropConfig, AlignPropTrainer, DefaultDDPOStableDiffusionPipeline
 
     from draft_lightning.rewards import Brightness
-    from draft_lightning.tiny import tiny_sd_path
+    from draft_lightning.testing.tiny_sd import tiny_sd_path
 
     accelerate.PartialState()  # TRL's own warning path needs it on a LoRA-less folder
     pipeline = DefaultDDPOStableDiffusionPipeline(str(tiny_sd_path()), use_lora=True)
@@ -74,7 +74,7 @@ def build_trl(resolution: int, steps: int, batch: int, logdir: str):
 
 def run(smoke: bool) -> dict:
     from draft_lightning.estimators import DraftK
-    from draft_lightning.models import LoraSettings
+    from draft_lightning.models.lora import LoraSettings
 
     resolution, steps, batch, rounds = (32, 2, 1, 1) if smoke else (64, 50, 2, 2)
     ks = (1, steps)

@@ -27,7 +27,7 @@ def _estimator(make: Callable[[int], object]) -> Callable[[ExperimentSettings], 
 
 
 def _ddpo(s: ExperimentSettings) -> dict:
-    from draft_lightning.sampling import SamplingSettings
+    from draft_lightning.samplers.settings import SamplingSettings
 
     return {
         # DDPO needs a stochastic sampler: eta 1, as in its paper.

@@ -54,10 +54,10 @@ def pretrained_model(settings: ExperimentSettings) -> str:
 
 
 def build_module(settings: ExperimentSettings, method: Method, seed: int, **overrides):
-    from draft_lightning.ddpo import DDPOModule
-    from draft_lightning.models import LoraSettings
+    from draft_lightning.baselines.ddpo import DDPOModule
+    from draft_lightning.models.lora import LoraSettings
     from draft_lightning.module import DraftModule
-    from draft_lightning.sampling import SamplingSettings
+    from draft_lightning.samplers.settings import SamplingSettings
 
     kwargs = {
         "reward": reward(settings),
@@ -152,7 +152,7 @@ def unconditional_samples(module, settings: ExperimentSettings, lora_scale: floa
     """Mean reward and diversity of `diversity_seeds` images for the empty prompt at this LoRA
     strength. The toy model learned the empty prompt as its caption-dropout branch, so its
     samples vary in every attribute; fine-tuning that collapses them shows up here."""
-    from draft_lightning.diversity import mean_pairwise_distance
+    from draft_lightning.evaluation.diversity import mean_pairwise_distance
 
     seeds = [10_000 + i for i in range(settings.diversity_seeds)]
     prompts = [""] * len(seeds)

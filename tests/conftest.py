@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# Set before anything imports draft_lightning.tiny, and inherited by CLI subprocesses.
+# PYTHONPATH for CLI subprocesses: tests/ (callback plug-ins) before whatever is set already.
+TEST_PATH = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
+# Set before anything imports draft_lightning.cache, and inherited by CLI subprocesses.
 os.environ.setdefault("DRAFT_LIGHTNING_CACHE", str(ROOT / ".cache" / "draft_lightning"))
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -17,7 +19,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 @pytest.fixture(scope="session")
 def tiny_sd() -> Path:
-    from draft_lightning.tiny import tiny_sd_path
+    from draft_lightning.testing.tiny_sd import tiny_sd_path
 
     return tiny_sd_path()
 
@@ -27,7 +29,7 @@ def make_module(**overrides):
     from draft_lightning.estimators import DraftK
     from draft_lightning.module import DraftModule
     from draft_lightning.rewards import Colorfulness
-    from draft_lightning.sampling import SamplingSettings
+    from draft_lightning.samplers.settings import SamplingSettings
 
     kwargs = dict(
         reward=Colorfulness(),

@@ -3,7 +3,7 @@
 Mocks of sbatch/srun prove nothing about what a scheduler really does (signals, requeue,
 environment of the tasks), so `one_node_cluster` runs slurmctld + slurmd on loopback, and
 `two_node_cluster` runs two nodes in network namespaces, each with its own slurmd, linked
-by a veth pair (tests/test_slurm.py wraps both in module-scoped fixtures). Both run
+by a veth pair (tests/training/test_slurm.py wraps both in module-scoped fixtures). Both run
 without munge (auth/none), accounting or cgroups, keep every file under a pytest tmp dir,
 pick free ports, and kill every process they started. Every wait is bounded. The packages
 are installed with apt when missing (CI must run these tests); the tests skip, loudly, only

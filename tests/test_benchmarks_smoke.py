@@ -62,10 +62,10 @@ def lora_gradients(**options) -> tuple[torch.Tensor, list[torch.Tensor], dict]:
         generator = torch.Generator().manual_seed(0)
         for p in module.trainable_parameters():
             p.add_(torch.randn(p.shape, generator=generator) * 0.05)
-    before = {n: p.detach().clone() for n, p in module.unet.named_parameters()}
+    before = {n: p.detach().clone() for n, p in module.pipeline.denoiser.named_parameters()}
     loss = module.training_step({"prompts": prompts(2)}, 0)
     loss.backward()
-    after = {n: p.detach() for n, p in module.unet.named_parameters()}
+    after = {n: p.detach() for n, p in module.pipeline.denoiser.named_parameters()}
     assert all(torch.equal(before[n], after[n]) for n in before)  # restored exactly
     return loss.detach(), [p.grad for p in module.trainable_parameters()], module
 

@@ -181,7 +181,7 @@ def test_fit_help_documents_estimators_rewards_and_sampling(tmp_path):
     assert result.returncode == 0, describe(result)
     # --model takes DraftModule or a subclass: the models are listed, their options one
     # level down (what README and docs/configs.md tell users to run).
-    assert "draft_lightning.ddpo.DDPOModule" in result.stdout
+    assert "draft_lightning.baselines.ddpo.DDPOModule" in result.stdout
     assert "--model.help" in result.stdout
     result = run_cli(["fit", "--model.help", "DraftModule"], tmp_path)
     assert result.returncode == 0, describe(result)

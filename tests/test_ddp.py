@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, make_module
+from conftest import ROOT, TEST_PATH, make_module
 from lightning.pytorch import Trainer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from draft_lightning.data import PromptDataModule
 from draft_lightning.rewards import Brightness
-from draft_lightning.sampling import SamplingSettings
+from draft_lightning.samplers.settings import SamplingSettings
 
 LIGHTNING = str(Path(sys.executable).with_name("lightning"))
 TINY = [
@@ -30,7 +30,11 @@ TINY = [
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "OMP_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": TEST_PATH,
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:

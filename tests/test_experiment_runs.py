@@ -16,7 +16,7 @@ def test_unconditional_samples_at_strength_zero_are_the_base_model():
     base = run.unconditional_samples(module, settings, 0.0)
     assert base == run.unconditional_samples(module, settings, 1.0)  # B = 0: nothing learned
     with torch.no_grad():
-        for name, parameter in module.unet.named_parameters():
+        for name, parameter in module.pipeline.denoiser.named_parameters():
             if "lora_B" in name:
                 parameter.add_(0.5 * torch.randn_like(parameter))
     assert run.unconditional_samples(module, settings, 0.0) == base

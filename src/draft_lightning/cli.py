@@ -107,15 +107,16 @@ def _cli_class():
             (`checkpoint.every_n_train_steps: 10`) instead of repeating a callbacks list."""
             from lightning.pytorch.callbacks import ModelCheckpoint
 
-            from draft_lightning.callbacks import (
-                ImageWriter,
-                LoraExport,
-                NonFiniteGuard,
-                RunSummary,
-            )
-            from draft_lightning.monitoring import TensorBoardMonitor
-            from draft_lightning.slurm import SlurmRequeue
+            from draft_lightning.training.image_writer import ImageWriter
+            from draft_lightning.training.lora_export import LoraExport
+            from draft_lightning.training.monitoring import TensorBoardMonitor
+            from draft_lightning.training.nonfinite_guard import NonFiniteGuard
+            from draft_lightning.training.run_summary import RunSummary
+            from draft_lightning.training.slurm import SlurmRequeue
 
+            # A config without model.class_path trains DraftModule (flat keys such as
+            # --model.pretrained_model fill its arguments); DDPOModule is chosen by class_path.
+            parser.set_defaults({"model": {"class_path": "draft_lightning.module.DraftModule"}})
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
             parser.set_defaults(
                 {
@@ -143,7 +144,7 @@ def _cli_class():
         def instantiate_trainer(self, **kwargs):
             from lightning.pytorch.plugins.io import CheckpointIO
 
-            from draft_lightning.checkpoint_io import AtomicCheckpointIO
+            from draft_lightning.training.checkpoint_io import AtomicCheckpointIO
 
             configured = self._get(self.config_init, "trainer", default={}).get("plugins")
             plugins = kwargs.get("plugins", configured) or []
@@ -208,8 +209,9 @@ def check_checkpoint(path: str) -> None:
 def missing_model_downloads(config) -> list[ModelUnavailableError]:
     """What the model's `pretrained_model` and `pretrained_vae` need that is not here, when
     the hub cannot be reached (online, they download when their turn comes)."""
+    from draft_lightning import registry
     from draft_lightning.hub import offline_reason
-    from draft_lightning.models import TINY_PREFIX, resolve_pretrained, resolve_vae
+    from draft_lightning.models.loading import resolve_pretrained, resolve_vae
 
     if offline_reason() is None:
         return []
@@ -218,8 +220,8 @@ def missing_model_downloads(config) -> list[ModelUnavailableError]:
     missing = []
     for key, resolve in (("pretrained_model", resolve_pretrained), ("pretrained_vae", resolve_vae)):
         name = init_args.get(key)
-        if not isinstance(name, str) or name.startswith(TINY_PREFIX):
-            continue  # unset, or built here
+        if not isinstance(name, str) or registry.is_named("models", name):
+            continue  # unset, or a registered name (built here)
         try:
             resolve(name)
         except ModelUnavailableError as error:
@@ -246,18 +248,18 @@ def main(args: list[str] | None = None) -> None:
 
     # Import every estimator, reward and module before the parser is built, so that `--help`
     # lists them as known subclasses of --model.estimator, --model.reward and --model.
-    import draft_lightning.ddpo  # noqa: F401
+    import draft_lightning.baselines.ddpo  # noqa: F401
     import draft_lightning.estimators  # noqa: F401
+    import draft_lightning.module  # noqa: F401
     import draft_lightning.rewards  # noqa: F401
+    from draft_lightning.base_module import RewardFineTuningModule
     from draft_lightning.data import PromptDataModule
-    from draft_lightning.module import DraftModule
 
     try:
         _cli_class()(
-            DraftModule,
+            RewardFineTuningModule,
             PromptDataModule,
-            # DraftModule or a subclass (DDPOModule); a config without model.class_path gets
-            # DraftModule, and flat keys (--model.pretrained_model) still work.
+            # DraftModule (the default, see add_arguments_to_parser) or DDPOModule.
             subclass_mode_model=True,
             save_config_kwargs={"overwrite": True},
             args=args,

@@ -22,7 +22,9 @@ class RecordSamples(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         prompts = batch["prompts"]
-        noise = pl_module.step_randomness(batch_idx).randn(len(prompts), pl_module.latent_shape)
+        noise = pl_module.step_randomness(batch_idx).randn(
+            len(prompts), pl_module.pipeline.latent_shape
+        )
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / f"rank{trainer.global_rank}.jsonl", "a") as file:
             for prompt, row in zip(prompts, noise, strict=True):

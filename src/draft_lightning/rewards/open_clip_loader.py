@@ -1,7 +1,7 @@
 """Building an OpenCLIP model from (model name, weights) the same way for real and tiny weights.
 
 Weights are always resolved to a local file first (an open_clip pretrained tag through its
-Hub entry, a path, `hf://...`, or a `tiny:` stand-in) and then loaded by
+Hub entry, a path, `hf://...`, or a registered name) and then loaded by
 `open_clip.create_model(name, pretrained=<file>)`, which reads safetensors or
 `torch.load(weights_only=True)` and accepts both plain state dicts and {"state_dict": ...}
 training checkpoints such as HPSv2's.
@@ -16,15 +16,11 @@ from typing import Any
 
 from torch import nn
 
+from draft_lightning import registry
 from draft_lightning.errors import ConfigError, ModelUnavailableError
+from draft_lightning.hub import hub_file
 from draft_lightning.rewards.preprocess import ImageTransform
-from draft_lightning.rewards.weights import (
-    HF_PREFIX,
-    TINY_PREFIX,
-    hub_file,
-    load_weights_only,
-    resolve_file,
-)
+from draft_lightning.rewards.weights import HF_PREFIX, load_weights_only, resolve_file
 
 # open_clip's Hub weight file names, safetensors preferred (what open_clip itself tries).
 _HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -87,12 +83,11 @@ def load_open_clip(
 def _architecture(model_name: str, what: str) -> str:
     import open_clip
 
-    from draft_lightning.rewards.tiny import TINY_CLIP_MODEL, register_tiny_clip
-
-    if model_name == TINY_CLIP_MODEL:
-        return register_tiny_clip()
-    if model_name.startswith(TINY_PREFIX):
-        raise ConfigError(f"{what}={model_name!r} is unknown; the tiny one is {TINY_CLIP_MODEL!r}")
+    if ":" in model_name:  # a registered architecture config (e.g. a tiny stand-in)
+        config = registry.resolve("open_clip", model_name, what)
+        if config.stem not in open_clip.list_models():
+            open_clip.add_model_config(config)
+        return config.stem
     name = model_name.replace("/", "-")
     if name not in open_clip.list_models():
         raise ConfigError(
@@ -106,7 +101,8 @@ def _weights_file(arch: str, pretrained: str, what: str) -> tuple[Path, dict]:
     import open_clip
 
     looks_like_file = "/" in pretrained or "." in pretrained or Path(pretrained).is_file()
-    if pretrained.startswith((TINY_PREFIX, HF_PREFIX)) or looks_like_file:
+    named = registry.is_named("weights", pretrained) or ":" in pretrained
+    if named or pretrained.startswith(HF_PREFIX) or looks_like_file:
         return resolve_file(pretrained, what), {}
     cfg = open_clip.get_pretrained_cfg(arch, pretrained)
     if not cfg:

@@ -5,7 +5,7 @@ transformers' CLIPImageProcessor). Those cut the gradient, so `ImageTransform` r
 same geometry on float tensors: resize (antialiased, PIL's bicubic kernel), centre crop or
 pad, then the model's mean and std. No uint8 rounding and no clamping happen on this path,
 so it differs from the reference only by the reference's own quantisation (see the parity
-tests in tests/test_rewards_models.py).
+tests in tests/rewards/test_models.py).
 """
 
 from __future__ import annotations

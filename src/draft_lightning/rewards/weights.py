@@ -1,4 +1,4 @@
-"""Finding reward weights: a local path, a Hugging Face Hub file or repo, or a tiny stand-in.
+"""Finding reward weights: a local path, a Hugging Face Hub file or repo, or a registered name.
 
 Every reward resolves its weights here before building anything, so that a missing file
 stops the run at start-up with one line saying what is missing and how to supply it.
@@ -14,33 +14,32 @@ from pathlib import Path
 
 import torch
 
+from draft_lightning import registry
 from draft_lightning.errors import ConfigError, ModelUnavailableError
-from draft_lightning.hub import hf_cache_dir, offline_reason
+from draft_lightning.hub import hub_file, snapshot
 
 HF_PREFIX = "hf://"
-TINY_PREFIX = "tiny:"
 
 
 def resolve_file(source: str, what: str) -> Path:
-    """A local file for `source`: a path, `hf://<org>/<repo>/<file>` or a `tiny:` stand-in.
+    """A local file for `source`: a path, `hf://<org>/<repo>/<file>` or a registered name
+    (draft_lightning.registry, kind "weights").
 
     Args:
         source: Where the file lives.
         what: The setting being resolved (e.g. "AestheticReward.head"), used in messages.
     """
-    if source.startswith(TINY_PREFIX):
-        from draft_lightning.rewards.tiny import tiny_path
-
-        return tiny_path(source, what)
     if source.startswith(HF_PREFIX):
         repo_id, filename = split_hub_file(source, what)
         return hub_file(repo_id, filename, what)
+    if registry.is_named("weights", source) or ":" in source:
+        return registry.resolve("weights", source, what)
     path = Path(source).expanduser()
     if path.is_file():
         return path
     raise ModelUnavailableError(
         f"{what}={source!r}: no such file; give an existing file, "
-        f"{HF_PREFIX}<org>/<repo>/<file> for a Hugging Face Hub file, or a tiny: stand-in"
+        f"{HF_PREFIX}<org>/<repo>/<file> for a Hugging Face Hub file, or a registered name"
     )
 
 
@@ -52,49 +51,22 @@ def split_hub_file(source: str, what: str) -> tuple[str, str]:
     return f"{parts[0]}/{parts[1]}", parts[2]
 
 
-def hub_file(repo_id: str, filenames: str | Sequence[str], what: str) -> Path:
-    """One file of a Hub repo (the first of `filenames` found): cached, else downloaded."""
-    from huggingface_hub import hf_hub_download
-
-    names = [filenames] if isinstance(filenames, str) else list(filenames)
-    for name in names:
-        try:
-            return Path(hf_hub_download(repo_id, name, local_files_only=True))
-        except Exception:  # noqa: BLE001 - not cached: try the next name, then downloads
-            pass
-    reason = offline_reason()
-    if reason is None:
-        for name in names:
-            try:
-                return Path(hf_hub_download(repo_id, name))
-            except Exception as error:  # noqa: BLE001 - network, auth or missing file
-                reason = type(error).__name__
-    shown = " or ".join(repr(name) for name in names)
-    raise ModelUnavailableError(
-        f"{what}: file {shown} of Hugging Face repo {repo_id!r} is not in the local cache "
-        f"and could not be downloaded ({reason}): run `hf download {repo_id} "
-        f"{names[0]}` on a machine with access and copy the cache to {hf_cache_dir()}, or set "
-        f"{what} to a local copy of the file"
-    )
-
-
 def resolve_folder(
     source: str, what: str, required: Sequence[str], weights: Sequence[str] = ()
 ) -> Path:
-    """A local folder for `source`: an existing folder, a Hub repo id or a `tiny:` stand-in.
+    """A local folder for `source`: an existing folder, a Hub repo id or a registered name
+    (draft_lightning.registry, kind "weights").
 
     Args:
-        source: Folder path, "org/repo" Hub id, or a tiny stand-in name.
+        source: Folder path, "org/repo" Hub id, or a registered name.
         what: The setting being resolved, used in messages.
         required: File names the folder must hold (e.g. config.json); "a|b" means either.
         weights: Alternative weight-file patterns in order of preference (e.g.
             "*.safetensors", then "pytorch_model*.bin"); from the Hub only the first one a
             repo has is fetched, beside its small config and tokenizer files.
     """
-    if source.startswith(TINY_PREFIX):
-        from draft_lightning.rewards.tiny import tiny_path
-
-        return tiny_path(source, what)
+    if registry.is_named("weights", source) or ":" in source:
+        return registry.resolve("weights", source, what)
     path = Path(source).expanduser()
     if path.is_dir():
         missing = [name for name in required if not _has(path, name)]
@@ -107,41 +79,7 @@ def resolve_folder(
             f"{what}={source!r} is neither an existing folder nor a Hugging Face repo id "
             "like 'org/name'"
         )
-    return hub_snapshot(source, what, required, weights)
-
-
-def hub_snapshot(
-    repo_id: str, what: str, required: Sequence[str], weights: Sequence[str] = ()
-) -> Path:
-    """Config, tokenizer and preferred weight files of a Hub repo: cache first, then download."""
-    from huggingface_hub import snapshot_download
-
-    reason = "not found"
-    for local_only in (True, False):
-        if not local_only and (offline := offline_reason()) is not None:
-            reason = offline
-            break
-        for weight in weights or [None]:
-            allow = ["*.json", "*.txt", *([weight] if weight else [])]
-            try:
-                folder = snapshot_download(
-                    repo_id, allow_patterns=allow, local_files_only=local_only
-                )
-            except Exception as error:  # noqa: BLE001 - reported below if nothing works
-                reason = type(error).__name__
-                continue
-            folder = Path(folder)
-            if all(_has(folder, name) for name in required) and (
-                weight is None or any(folder.glob(weight))
-            ):
-                return folder
-            wanted = ", ".join([*required, *([weight] if weight else [])]).replace("|", " or ")
-            reason = f"the repo lacks {wanted}"
-    raise ModelUnavailableError(
-        f"{what}: Hugging Face repo {repo_id!r} is not in the local cache and could not be "
-        f"downloaded ({reason}): run `hf download {repo_id}` on a machine with "
-        f"access and copy the cache to {hf_cache_dir()}, or set {what} to a local folder"
-    )
+    return snapshot(source, what, ["*.json", "*.txt"], required, weights, instead="a local folder")
 
 
 def load_weights_only(path: Path, what: str, mmap: bool = False) -> object:

@@ -152,7 +152,7 @@ def load_text_parts():
     """The built-in tiny model's tokenizer and frozen CLIP text encoder, and its folder."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from draft_lightning.tiny import tiny_sd_path
+    from draft_lightning.testing.tiny_sd import tiny_sd_path
 
     folder = tiny_sd_path()
     tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
@@ -188,7 +188,7 @@ def save_pipeline(folder: Path, vae, unet, tokenizer, text_encoder, tiny_folder:
     scheduler/ (PNDM with SD 1.4's config, which the project's loader turns into DDIM)."""
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
-    from draft_lightning.tiny import SD_SCHEDULER_CONFIG
+    from draft_lightning.testing.tiny_sd import SD_SCHEDULER_CONFIG
 
     pipe = StableDiffusionPipeline(
         vae=vae,

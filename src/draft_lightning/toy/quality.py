@@ -60,7 +60,7 @@ def generate(
     """Images [N, 3, 32, 32] in [0, 1] for the captions (seed i for caption i), sampled
     through DraftModule exactly as fine-tuning and validation sample."""
     from draft_lightning.module import DraftModule
-    from draft_lightning.sampling import SamplingSettings
+    from draft_lightning.samplers.settings import SamplingSettings
     from draft_lightning.toy.rewards import ToyAttributeReward
 
     module = DraftModule(

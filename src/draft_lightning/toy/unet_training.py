@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 
-from draft_lightning.tiny import SD_SCHEDULER_CONFIG
+from draft_lightning.testing.tiny_sd import SD_SCHEDULER_CONFIG
 
 
 @torch.no_grad()

@@ -1,0 +1,1 @@
+"""Baselines that DRaFT is compared with."""

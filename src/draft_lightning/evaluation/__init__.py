@@ -1,0 +1,1 @@
+"""Evaluation: generating for fixed prompts and seeds, scoring, diversity, image grids."""

@@ -1,0 +1,183 @@
+"""A loaded text-to-image pipeline ready for reward fine-tuning: the family's frozen parts,
+the denoiser with its LoRA adapter, the sampler over it, and decoding. Built from a model
+name in one call, with every setting checked against the checkpoint's configs before any
+weights load; DraftModule and the DDPO baseline both compose it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from draft_lightning.errors import ConfigError
+from draft_lightning.models import lora
+from draft_lightning.models.families import check_options, family_of
+from draft_lightning.models.families.base import ModelFamily, frozen
+from draft_lightning.models.loading import resolve_pretrained, resolve_vae
+from draft_lightning.samplers.base import Sampler
+from draft_lightning.samplers.conditioning import Conditioning
+from draft_lightning.samplers.settings import SamplingSettings
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """How the frozen parts are stored and how gradients pass through them (see DraftModule's
+    arguments of the same names)."""
+
+    frozen_dtype: str = "float32"
+    upcast_vae: bool | None = None
+    pretrained_vae: str | None = None
+    gradient_checkpointing: bool = True
+    checkpoint_decode: bool = True
+    checkpoint_blocks: bool = False
+    merge_lora_without_grad: bool | None = None
+    compile_denoiser: bool = False
+    channels_last: bool = False
+    family_options: dict[str, Any] = field(default_factory=dict)
+
+
+class Pipeline(nn.Module):
+    """The parts of one model, loaded (see `load_pipeline`)."""
+
+    def __init__(
+        self,
+        family: ModelFamily,
+        prompt_encoder: nn.Module,
+        denoiser: nn.Module,
+        vae: nn.Module,
+        sampler: Sampler,
+        latent_shape: tuple[int, ...],
+        settings: SamplingSettings,
+        options: PipelineOptions,
+    ) -> None:
+        super().__init__()
+        self.family = family
+        self.prompt_encoder = prompt_encoder
+        self.denoiser = denoiser
+        self.vae = vae
+        self.sampler = sampler
+        self.latent_shape = latent_shape
+        self.settings = settings
+        self.checkpoint_decode = options.checkpoint_decode
+        self.checkpoint_blocks = options.checkpoint_blocks
+
+    def condition(self, prompts: list[str]) -> Conditioning:
+        """The prompts' (frozen, no-grad) conditioning at the configured guidance."""
+        return self.prompt_encoder.condition(prompts, self.settings.guidance_scale)
+
+    def initial_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        """x_T as the sampler sees it, from noise of shape (B, *latent_shape)."""
+        return self.family.pack(noise.to(self.device))
+
+    def seeded_noise(self, seeds: list[int]) -> torch.Tensor:
+        """One x_T per seed, independent of the batch it is drawn in."""
+        noise = torch.stack(
+            [
+                torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(int(s)))
+                for s in seeds
+            ]
+        )
+        return self.initial_noise(noise)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents to images in [0, 1]; checkpointed when gradient flows through it."""
+        if torch.is_grad_enabled() and self.checkpoint_decode and not self.checkpoint_blocks:
+            return checkpoint(self._decode, latents, use_reentrant=False)
+        return self._decode(latents)
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.family.decode(self.vae, self.family.unpack(latents))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    # --- the adapter -----------------------------------------------------------------------
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return lora.lora_parameters(self.denoiser)
+
+    def save_lora(self, folder: Path) -> Path:
+        return lora.save_lora(
+            self.denoiser, folder, self.family.pipeline_class, self.family.lora_component
+        )
+
+    def load_lora(self, folder: str | Path, adapter_name: str) -> None:
+        lora.load_lora(self.denoiser, folder, adapter_name, self.family.lora_component)
+
+    def use_adapters(self, names: list[str], weights: list[float]) -> None:
+        lora.use_adapters(self.denoiser, names, weights)
+
+
+def load_pipeline(
+    pretrained_model: str,
+    settings: SamplingSettings,
+    lora_settings: lora.LoraSettings,
+    options: PipelineOptions,
+) -> Pipeline:
+    """Resolve, check (configs only), then load a model and attach its LoRA adapter."""
+    if options.frozen_dtype not in DTYPES:
+        raise ConfigError(
+            f"frozen_dtype={options.frozen_dtype!r} must be one of {', '.join(DTYPES)}"
+        )
+    folder = resolve_pretrained(pretrained_model)
+    family = family_of(folder)
+    check_options(family, options.family_options)
+    family_options = {**family.options, **options.family_options}
+    vae_folder = resolve_vae(options.pretrained_vae) if options.pretrained_vae else None
+    configs = family.read_configs(folder, vae_folder)
+    family.check(folder, configs, family_options)
+    upcast_vae = options.upcast_vae
+    if upcast_vae is None:
+        upcast_vae = options.frozen_dtype == "float16" and bool(configs["vae"].get("force_upcast"))
+    factor = family.vae_scale_factor(configs["vae"])
+    if settings.resolution % factor:
+        raise ConfigError(
+            f"sampling.resolution={settings.resolution} is not divisible by the VAE's "
+            f"downsampling factor {factor}"
+        )
+    targets = lora_settings.target_modules or family.lora_targets
+    lora.check_targets(
+        family.skeleton(configs),
+        targets,
+        f"{family.display_name}: {', '.join(family.lora_targets)}",
+    )
+
+    dtype = DTYPES[options.frozen_dtype]
+    prompt_encoder = family.load_prompt_encoder(folder, dtype, settings.resolution, family_options)
+    vae = frozen(family.load_vae(folder, torch.float32 if upcast_vae else dtype, vae_folder))
+    denoiser = frozen(family.load_denoiser(folder, dtype))
+    lora.attach_lora(denoiser, lora_settings, targets)
+    merge = options.merge_lora_without_grad
+    if merge is None:
+        merge = options.frozen_dtype == "float32"
+    sampler = family.make_sampler(
+        denoiser,
+        folder,
+        settings,
+        gradient_checkpointing=options.gradient_checkpointing,
+        no_grad_context=partial(lora.lora_merged, denoiser) if merge else None,
+        compile_denoiser=options.compile_denoiser,
+    )
+    if options.channels_last:
+        denoiser.to(memory_format=torch.channels_last)
+    if options.checkpoint_blocks:
+        denoiser.enable_gradient_checkpointing()
+        vae.enable_gradient_checkpointing()
+    return Pipeline(
+        family,
+        prompt_encoder,
+        denoiser,
+        vae,
+        sampler,
+        family.latent_shape(configs, settings.resolution),
+        settings,
+        options,
+    )

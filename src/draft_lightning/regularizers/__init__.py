@@ -1,0 +1,1 @@
+"""Regularisers added to the reward loss (DRaFT+), one file each."""

@@ -1,0 +1,1 @@
+"""Lightning plug-ins: callbacks, monitoring, checkpoint IO, RNG states and SLURM."""
