@@ -1,0 +1,1 @@
+"""Tiny stand-in models built offline through the same save/load code as real checkpoints."""
