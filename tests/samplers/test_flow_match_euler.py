@@ -205,6 +205,7 @@ def test_sd3_loop_with_guidance_equals_sd3_pipeline(size) -> None:
     ).images
     schedule = flow_schedule(pipe.scheduler.config, STEPS)
     assert torch.equal(schedule.sigmas, pipe.scheduler.sigmas)
+    assert torch.equal(schedule.timesteps, pipe.scheduler.timesteps)
     conditioning = encoder.condition(PROMPTS, guidance)
     assert conditioning.uncond is not None
     denoiser = functools.partial(sd3_velocity, pipe.transformer)
