@@ -125,6 +125,7 @@ class RewardFineTuningModule(LightningModule):
         self.check_arguments(sampling)  # a method's own checks, before any weights load
         self.sampling = sampling
         self.lora = lora
+        self.pretrained_model = pretrained_model
         options = PipelineOptions(
             frozen_dtype=frozen_dtype,
             upcast_vae=upcast_vae,
@@ -155,6 +156,7 @@ class RewardFineTuningModule(LightningModule):
         # Checkpoints hold only the trainable LoRA weights (see on_save_checkpoint).
         self.strict_loading = False
         self.reward_queries = 0  # images scored for training so far, over all ranks
+        self.base_reward: float | None = None  # val/reward of the base model (step 0)
 
     def check_arguments(self, sampling: SamplingSettings) -> None:
         """A method's checks of its own arguments, run before any weights load."""
@@ -200,21 +202,26 @@ class RewardFineTuningModule(LightningModule):
         world_size = self.trainer.world_size if self._trainer else 1
         values, samples = self.evaluator.compute(stage, world_size)
         self.last_evaluation = {"stage": stage, "step": self.global_step} | samples
+        if self.trainer.sanity_checking and self.trainer.num_sanity_val_steps != float("inf"):
+            return  # a partial pass over the validation set is no evaluation
+        fitting = self.trainer.state.fn == "fit"
+        if fitting and self.global_step == 0:
+            self.base_reward = float(values[f"{stage}/reward"])
+        if fitting and self.base_reward is not None:
+            values[f"{stage}/reward_gain"] = values[f"{stage}/reward"] - self.base_reward
         if self.trainer.sanity_checking:
             # Lightning discards metrics logged during the sanity check; when that check ran
             # the whole validation set (num_sanity_val_steps=-1) it is the base model's
             # validation, which a reward curve needs as its first point.
-            if self.trainer.num_sanity_val_steps != float("inf"):
-                return
-            if self.logger is not None:
-                self.logger.log_metrics({k: float(v) for k, v in values.items()}, self.global_step)
+            for logger in self.loggers:
+                logger.log_metrics({k: float(v) for k, v in values.items()}, self.global_step)
         else:
             # Already synced by torchmetrics; sync_dist on equal values only quiets a warning.
             total = values.pop(f"{stage}/reward")
             self.log(f"{stage}/reward", total, prog_bar=True, sync_dist=True)
             self.log_dict(values, sync_dist=True)
             values[f"{stage}/reward"] = total
-            if self.trainer.state.fn == "fit":
+            if fitting:
                 # x-axis = optimiser steps taken (0 = the base model), as for the images.
                 self.log("step", float(self.global_step), sync_dist=True)
         self.eval_history.append((self.global_step, {k: float(v) for k, v in values.items()}))
@@ -280,6 +287,11 @@ class RewardFineTuningModule(LightningModule):
         self.log(
             "train/reward", reward.mean(), prog_bar=True, sync_dist=True, batch_size=batch_size
         )
+        # The spread of the batch's rewards (DDPO's reward_std): collapsing towards 0 while
+        # the mean rises is one sign of reward hacking.
+        every_rank = self.all_gather(reward.detach()).flatten() if self._trainer else reward
+        spread = every_rank.float().std() if every_rank.numel() > 1 else every_rank.new_zeros(())
+        self.log("train/reward_std", spread, batch_size=batch_size)
         for name, scores in parts.items():
             self.log(f"train/reward/{name}", scores.mean(), sync_dist=True, batch_size=batch_size)
 
@@ -313,6 +325,7 @@ class RewardFineTuningModule(LightningModule):
         }
         checkpoint["rng_states"] = gather_rng_states(self.trainer if self._trainer else None)
         checkpoint["reward_queries"] = self.reward_queries
+        checkpoint["base_reward"] = self.base_reward
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = {_current_name(k): v for k, v in checkpoint["state_dict"].items()}
@@ -332,6 +345,7 @@ class RewardFineTuningModule(LightningModule):
                     f"model and lora settings it was trained with (lora.rank={self.lora.rank})"
                 )
         self.reward_queries = int(checkpoint.get("reward_queries", 0))
+        self.base_reward = checkpoint.get("base_reward")
         states = checkpoint.get("rng_states")
         rank = self.global_rank
         if states is not None and rank < len(states):

@@ -109,7 +109,7 @@ def _cli_class():
 
             from draft_lightning.training.image_writer import ImageWriter
             from draft_lightning.training.lora_export import LoraExport
-            from draft_lightning.training.monitoring import TensorBoardMonitor
+            from draft_lightning.training.monitoring import RunMonitor
             from draft_lightning.training.nonfinite_guard import NonFiniteGuard
             from draft_lightning.training.run_summary import RunSummary
             from draft_lightning.training.slurm import SlurmRequeue
@@ -136,7 +136,7 @@ def _cli_class():
             )
             parser.add_lightning_class_args(LoraExport, "lora_export")
             parser.add_lightning_class_args(NonFiniteGuard, "nonfinite_guard")
-            parser.add_lightning_class_args(TensorBoardMonitor, "monitor")
+            parser.add_lightning_class_args(RunMonitor, "monitor")
             parser.add_lightning_class_args(ImageWriter, "predictions")
             parser.add_lightning_class_args(RunSummary, "run_summary")
             parser.add_lightning_class_args(SlurmRequeue, "slurm_requeue")

@@ -1,4 +1,5 @@
-"""What TensorBoard shows, read back with TensorBoard's own event reader."""
+"""What a run shows, read back the way TensorBoard reads it (its event reader, its hparams
+plugin, its custom-scalars layout), and through the other loggers."""
 
 from __future__ import annotations
 
@@ -9,15 +10,17 @@ import torch
 from conftest import make_module
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
-from PIL import Image
+from PIL import Image, ImageFont
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import metadata as custom_scalar_metadata
+from tensorboard_reading import custom_scalar_charts, hparams_sessions
 
 from draft_lightning.data import PromptDataModule
 from draft_lightning.estimators import DraftLV
 from draft_lightning.evaluation.diversity import PromptDiversity, prompt_ids
+from draft_lightning.evaluation.image_grid import shorten_middle, wrap_caption
 from draft_lightning.rewards import Brightness, Colorfulness, WeightedSum
-from draft_lightning.training.monitoring import TensorBoardMonitor
+from draft_lightning.training.monitoring import RunMonitor
 
 PROMPTS, SEEDS = 3, 2
 
@@ -26,7 +29,7 @@ def run(tmp_path, name, max_steps=4):
     torch.manual_seed(0)
     reward = WeightedSum([Brightness(), Colorfulness()], weights=[1.0, 0.5])
     module = make_module(reward=reward, estimator=DraftLV(n=2))
-    logger = TensorBoardLogger(tmp_path, name=name, default_hp_metric=False)
+    logger = TensorBoardLogger(tmp_path, name=name)  # default_hp_metric as a user has it
     trainer = Trainer(
         accelerator="cpu",
         max_steps=max_steps,
@@ -35,7 +38,7 @@ def run(tmp_path, name, max_steps=4):
         num_sanity_val_steps=-1,
         log_every_n_steps=1,
         logger=logger,
-        callbacks=[TensorBoardMonitor(cell_size=48, histogram_every_n_steps=1)],
+        callbacks=[RunMonitor(cell_size=48, histogram_every_n_steps=1)],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -44,6 +47,7 @@ def run(tmp_path, name, max_steps=4):
     trainer.fit(module, data)
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "histograms": 0})
     events.Reload()
+    events.logdir = logger.root_dir
     return events
 
 
@@ -64,11 +68,29 @@ def test_scalars_at_the_expected_steps(events):
         "train/reward/colorfulness",
         "train/loss",
         "train/grad_norm",
+        "train/reward_std",
+        "train/steps_per_second",
+        "train/peak_memory_gib",
+        "train/lora_update_norm",
+        "train/lora_delta_norm",
     ):
         assert steps(events, tag) == [0, 1, 2, 3], tag
-    for tag in ("val/reward", "val/reward/brightness", "val/reward/colorfulness", "val/diversity"):
+    for tag in (
+        "val/reward",
+        "val/reward/brightness",
+        "val/reward/colorfulness",
+        "val/diversity",
+        "val/reward_gain",
+    ):
         assert steps(events, tag) == [0, 2, 4], tag  # base model, then every 2 steps
-    assert "step" not in tags
+    assert "step" not in tags and "hp_metric" not in tags
+    reward = [e.value for e in events.Scalars("val/reward")]
+    gain = [e.value for e in events.Scalars("val/reward_gain")]
+    assert gain == pytest.approx([r - reward[0] for r in reward], abs=1e-6)
+    assert all(e.value > 0 for e in events.Scalars("train/reward_std"))
+    # The adapter starts as the identity (B = 0) and moves by about one step's update.
+    delta = [e.value for e in events.Scalars("train/lora_delta_norm")]
+    assert delta[0] > 0 and all(e.value > 0 for e in events.Scalars("train/lora_update_norm"))
 
 
 def test_val_images_are_captioned_grids_with_one_cell_per_prompt_and_seed(events):
@@ -77,34 +99,81 @@ def test_val_images_are_captioned_grids_with_one_cell_per_prompt_and_seed(events
     for event in images:
         picture = Image.open(io.BytesIO(event.encoded_image_string))
         assert picture.format == "PNG"
-        strip = 3 * 12 + 4  # three caption lines
-        assert (picture.width, picture.height) == (SEEDS * 48, PROMPTS * (48 + strip))
+        assert picture.width == SEEDS * 48
+        assert (picture.height - PROMPTS * 48) % PROMPTS == 0  # one caption strip per row
+        assert picture.height - PROMPTS * 48 >= PROMPTS * (2 * 12 + 4)  # reward, seed, prompt
     first = Image.open(io.BytesIO(images[0].encoded_image_string))
     last = Image.open(io.BytesIO(images[-1].encoded_image_string))
     assert first.tobytes() != last.tobytes()  # training changed the images
 
 
-def test_histograms_hparams_and_custom_scalars_are_present(events):
+def test_captions_keep_the_whole_prompt():
+    font = ImageFont.load_default()
+    prompt = "a watercolour painting of a lighthouse on a cliff at dawn, gulls overhead"
+    lines = wrap_caption(f"0.512 seed 0\n{prompt}", font, 64 - 4)
+    assert lines[0] == "0.512 seed 0"  # the seed stays beside its reward in a 64 px cell
+    assert " ".join(lines[1:]) == prompt  # every word, in order, wrapped at word boundaries
+    assert all(font.getlength(line) <= 60 for line in lines)
+    short = shorten_middle(prompt, 40)
+    assert len(short) <= 40 and short.startswith("a watercolour") and short.endswith("overhead")
+
+
+def test_histograms_are_not_duplicated(events):
     histograms = events.Tags()["histograms"]
     for tag in (
         "train/reward_hist",
         "train/brightness_hist",
+        "train/colorfulness_hist",
         "val/reward_hist",
         "val/colorfulness_hist",
     ):
-        assert tag in histograms, tag
-    plugins = events.PluginTagToContent("hparams")
-    assert plugins, "hparams summary missing"
-    assert custom_scalar_metadata.CONFIG_SUMMARY_TAG in events.Tags()["tensors"]
-    from tensorboard.plugins.custom_scalar import layout_pb2
-    from tensorboard.util import tensor_util
+        assert tag in histograms, tag  # two rewards: the total and each part
 
-    config = events.Tensors(custom_scalar_metadata.CONFIG_SUMMARY_TAG)[0].tensor_proto
-    layout = layout_pb2.Layout()
-    layout.ParseFromString(tensor_util.make_ndarray(config).item())
-    charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
-    assert charts["reward/brightness"] == ["^train/reward/brightness$", "^val/reward/brightness$"]
-    assert charts["reward"] == ["^train/reward$", "^val/reward$"]
+
+def test_hparams_table_shows_the_runs_settings_and_final_metrics(events):
+    """Read by TensorBoard's hparams plugin, with a data module and Lightning's default
+    hp_metric: one session, the run's settings, the final validation values."""
+    sessions = hparams_sessions(events.logdir)
+    assert len(sessions) == 1
+    hparams, metrics = sessions[0]["hparams"], sessions[0]["metrics"]
+    expected = {
+        "estimator": "DraftLV",
+        "estimator.n": 2,
+        "model": "tiny:sd",
+        "reward": "brightness + 0.5 colorfulness",
+        "lora.rank": 8,
+        "lora.alpha": 8,
+        "lr": 4e-4,
+        "batch_size": 2,
+        "sampling.num_steps": 4,
+        "sampling.guidance_scale": 3.0,
+    }
+    for key, value in expected.items():
+        assert hparams[key] == pytest.approx(value) if not isinstance(value, str) else value, key
+    assert not any(key.startswith("_") for key in hparams)  # no _instantiator, _class_path
+    for tag in ("val/reward", "val/reward/brightness", "val/reward/colorfulness",
+                "val/diversity", "val/reward_gain"):  # fmt: skip
+        assert metrics[tag] == pytest.approx(events.Scalars(tag)[-1].value), tag
+    assert "hp_metric" not in metrics
+
+
+def test_custom_scalars_layout_answers_the_questions(events):
+    assert custom_scalar_metadata.CONFIG_SUMMARY_TAG in events.Tags()["tensors"]
+    charts = custom_scalar_charts(events)
+    assert charts["reward: train (every step) and validation"] == ["^train/reward$", "^val/reward$"]
+    assert charts["validation reward"] == ["^val/reward$"]  # on its own axis
+    assert charts["reward/brightness: train and validation"] == [
+        "^train/reward/brightness$",
+        "^val/reward/brightness$",
+    ]
+    assert charts["gradient norm before clipping (use the log-scale button)"] == [
+        "^train/grad_norm$"
+    ]
+    assert charts["loss"] == ["^train/loss$"]
+    tags = events.Tags()["scalars"]
+    for title, patterns in charts.items():
+        if title != "learning rate":  # LearningRateMonitor's, not in this run
+            assert all(p.strip("^$") in tags for p in patterns), title
 
 
 def test_two_runs_with_the_same_seed_log_identical_images(events, tmp_path):
@@ -157,3 +226,14 @@ def test_validation_rewards_per_prompt_category(tiny_sd, tmp_path):
     events = EventAccumulator(logger.log_dir)
     events.Reload()
     assert "val/reward_by_style/anime" in events.Tags()["scalars"]
+
+
+def test_one_reward_has_one_histogram(tiny_sd, tmp_path):
+    module = make_module(reward=Brightness())
+    logger = TensorBoardLogger(tmp_path, name="one")
+    trainer = Trainer(accelerator="cpu", logger=logger, callbacks=[RunMonitor()],
+                      enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.validate(module, PromptDataModule(batch_size=2, num_val_prompts=2, num_val_seeds=1))
+    events = EventAccumulator(logger.log_dir, size_guidance={"histograms": 0})
+    events.Reload()
+    assert events.Tags()["histograms"] == ["val/reward_hist"]

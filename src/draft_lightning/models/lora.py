@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,43 +151,57 @@ def use_adapters(denoiser: nn.Module, names: Sequence[str], weights: Sequence[fl
     denoiser.set_adapters(list(names), weights=list(weights))
 
 
+LORA_FORMATS = ("diffusers", "kohya")
+KOHYA_WEIGHTS_NAME = "lora_kohya.safetensors"  # not *pytorch_lora_weights*: diffusers'
+# load_lora_weights(folder) then still picks the diffusers file when both are there
+
+
 def save_lora(
     denoiser: nn.Module,
     folder: Path,
     pipeline_class: str = "StableDiffusionPipeline",
     component: str = "unet",
     adapter_name: str = "default",
+    formats: Sequence[str] = ("diffusers",),
+    extra_files: dict[str, bytes] | None = None,
 ) -> Path:
-    """Write the adapter in diffusers' format, with its metadata, atomically.
+    """Write the adapter in each of `formats` ("diffusers": `pytorch_lora_weights.safetensors`
+    with its metadata; "kohya": `lora_kohya.safetensors` for AUTOMATIC1111, ComfyUI and
+    kohya-ss tools) and `extra_files` (name -> bytes, e.g. a model card) into `folder`,
+    atomically: the folder is written beside its final place and renamed into it, so a
+    reader never sees a half-written adapter.
 
-    `pipeline_class` is the diffusers pipeline whose save_lora_weights writes the file (the
-    model family's), so its load_lora_weights reads it; `component` is the pipeline part
-    the adapter belongs to ("unet" or "transformer").
-
-    The metadata (lora_alpha, rank, targets) must travel with the weights: without it
-    diffusers assumes alpha = rank and a run trained with alpha != rank loads silently wrong.
-    The folder is written beside its final place and renamed into it, so a reader never
-    sees a half-written adapter.
+    `pipeline_class` is the diffusers pipeline whose save_lora_weights writes the diffusers
+    file (the model family's), so its load_lora_weights reads it; `component` is the
+    pipeline part the adapter belongs to ("unet" or "transformer").
     """
-    import diffusers
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
+    unknown = [f for f in formats if f not in LORA_FORMATS]
+    if unknown or not formats:
+        raise ConfigError(f"LoRA formats {list(formats)}: choose from {', '.join(LORA_FORMATS)}")
+    if "kohya" in formats and component != "unet":
+        raise ConfigError(
+            f"LoRA format kohya is for UNet models (SD 1.x/2.x, SDXL); this adapter is on a "
+            f"{component}: export diffusers only"
+        )
 
-    folder = Path(folder)
+    def fill(tmp: Path) -> None:
+        if "diffusers" in formats:
+            write_diffusers_lora(denoiser, tmp, pipeline_class, component, adapter_name)
+        if "kohya" in formats:
+            write_kohya_lora(denoiser, tmp / KOHYA_WEIGHTS_NAME, adapter_name)
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
+
+    return write_folder_atomically(Path(folder), fill)
+
+
+def write_folder_atomically(folder: Path, fill: Callable[[Path], None]) -> Path:
+    """`fill` a temporary folder beside `folder`, then rename it into place (replacing an
+    older `folder` whole); on any error nothing of the new folder is left behind."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    state = get_peft_model_state_dict(denoiser, adapter_name=adapter_name)
-    state = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
-    metadata = denoiser.peft_config[adapter_name].to_dict()
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
-        getattr(diffusers, pipeline_class).save_lora_weights(
-            tmp,
-            weight_name=LORA_WEIGHTS_NAME,
-            **{
-                f"{component}_lora_layers": convert_state_dict_to_diffusers(state),
-                f"{component}_lora_adapter_metadata": metadata,
-            },
-        )
+        fill(tmp)
         old = None
         if folder.exists():
             old = folder.parent / f".{folder.name}.old-{os.getpid()}"
@@ -199,6 +213,75 @@ def save_lora(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def write_diffusers_lora(
+    denoiser: nn.Module, folder: Path, pipeline_class: str, component: str, adapter_name: str
+) -> None:
+    """diffusers' format, with the adapter's metadata (lora_alpha, rank, targets): without
+    it diffusers assumes alpha = rank and a run trained with alpha != rank loads wrong."""
+    import diffusers
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    metadata = denoiser.peft_config[adapter_name].to_dict()
+    getattr(diffusers, pipeline_class).save_lora_weights(
+        folder,
+        weight_name=LORA_WEIGHTS_NAME,
+        **{
+            f"{component}_lora_layers": convert_state_dict_to_diffusers(
+                adapter_state(denoiser, adapter_name)
+            ),
+            f"{component}_lora_adapter_metadata": metadata,
+        },
+    )
+
+
+def write_kohya_lora(denoiser: nn.Module, path: Path, adapter_name: str) -> None:
+    """One kohya-ss file (`lora_unet_<module>.lora_down/lora_up.weight` and `.alpha`), the
+    format AUTOMATIC1111, ComfyUI, SD.Next and InvokeAI load. Keys come from diffusers'
+    converter; its alphas are set to the rank, so this adapter's own alpha replaces them
+    (else alpha != rank would load with the wrong strength)."""
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
+    from safetensors.torch import save_file
+
+    config = denoiser.peft_config[adapter_name]
+    state = {f"unet.{k}": v for k, v in adapter_state(denoiser, adapter_name).items()}
+    kohya = convert_state_dict_to_kohya(state)
+    alpha = torch.tensor(float(config.lora_alpha))
+    kohya = {k: alpha.clone() if k.endswith(".alpha") else v for k, v in kohya.items()}
+    metadata = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(config.r),
+        "ss_network_alpha": str(config.lora_alpha),
+        "ss_training_comment": "exported by draft-lightning",
+    }
+    save_file(kohya, path, metadata=metadata)
+
+
+def adapter_state(denoiser: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """The adapter's weights in peft's naming (`<module>.lora_A.weight`), float32 on the CPU."""
+    from peft.utils import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(denoiser, adapter_name=adapter_name)
+    return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+
+
+def delta_weight_norm(denoiser: nn.Module, adapter_name: str = "default") -> torch.Tensor:
+    """How far the adapter moves the model: sqrt(sum over adapted layers of
+    ||scale * B A||_F^2), 0 for a fresh adapter (B = 0). Computed from the r x r products
+    (||BA||_F^2 = trace((B^T B)(A A^T))), never forming B A."""
+    from peft.tuners.lora import LoraLayer
+
+    total = None
+    with torch.no_grad():
+        for layer in denoiser.modules():
+            if not isinstance(layer, LoraLayer) or adapter_name not in layer.lora_A:
+                continue
+            down = layer.lora_A[adapter_name].weight.float().flatten(1)  # r x in
+            up = layer.lora_B[adapter_name].weight.float().flatten(1)  # out x r
+            squared = (up.T @ up * (down @ down.T)).sum() * layer.scaling[adapter_name] ** 2
+            total = squared if total is None else total + squared
+    return torch.zeros(()) if total is None else total.clamp_min(0).sqrt()
 
 
 def load_lora(

@@ -104,10 +104,25 @@ class Pipeline(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return lora.lora_parameters(self.denoiser)
 
-    def save_lora(self, folder: Path) -> Path:
+    def save_lora(
+        self,
+        folder: Path,
+        formats: tuple[str, ...] = ("diffusers",),
+        extra_files: dict[str, bytes] | None = None,
+    ) -> Path:
+        """The trained adapter in `formats`, with `extra_files`, written atomically."""
         return lora.save_lora(
-            self.denoiser, folder, self.family.pipeline_class, self.family.lora_component
+            self.denoiser,
+            folder,
+            self.family.pipeline_class,
+            self.family.lora_component,
+            formats=formats,
+            extra_files=extra_files,
         )
+
+    def adapter_norm(self) -> torch.Tensor:
+        """||scale * B A|| over the trained adapter's layers: how far it moves the model."""
+        return lora.delta_weight_norm(self.denoiser)
 
     def load_lora(self, folder: str | Path, adapter_name: str) -> None:
         lora.load_lora(self.denoiser, folder, adapter_name, self.family.lora_component)

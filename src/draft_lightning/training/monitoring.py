@@ -1,9 +1,14 @@
-"""TensorBoard beyond scalars: image grids, reward histograms, a custom-scalars layout and
-hyperparameters with final metrics. Lightning logs scalars itself; this adds what a reward
-fine-tuning run needs to show improvement and the first signs of reward hacking."""
+"""What a run shows beyond Lightning's scalars, through any logger (training/logger_media.py):
+captioned validation grids, per-sample reward histograms, one record of the run's settings
+with its final metrics, speed, memory and the adapter's size, and TensorBoard's
+custom-scalars layout. Enough to see a run improve, and to see the first signs of reward
+hacking."""
 
 from __future__ import annotations
 
+import resource
+import sys
+import time
 from typing import Any
 
 import torch
@@ -11,30 +16,36 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from draft_lightning.errors import ConfigError
-from draft_lightning.evaluation.image_grid import captioned_grid
+from draft_lightning.evaluation.image_grid import evaluation_grid
+from draft_lightning.training.logger_media import log_histogram, log_image, log_run_settings
+from draft_lightning.training.run_settings import final_metric_tags, run_settings
+
+# ru_maxrss is in kibibytes on Linux, in bytes on macOS.
+MAXRSS_BYTES = 1 if sys.platform == "darwin" else 1024
 
 
-def tensorboard(trainer: Trainer):
-    """The SummaryWriter of the first TensorBoard logger, on rank 0; else None."""
-    if trainer.global_rank != 0:
-        return None
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
-    return None
+class RunMonitor(Callback):
+    """Log, to every logger the run has:
 
-
-class TensorBoardMonitor(Callback):
-    """Log `val/images` (one captioned cell per validation prompt and seed, in a fixed
-    order, at every evaluation including the base model at step 0), histograms of
-    per-sample rewards (`train/reward_hist`, `val/reward_hist`, and per reward), a
-    custom-scalars layout with train and val curves of each reward side by side, and
-    hyperparameters with the final validation metrics.
+    - `val/images` at every evaluation (the base model at step 0 included): one cell per
+      validation prompt and seed in a fixed order, captioned with its reward, seed and
+      whole prompt (wrapped; one longer than `prompt_lines` lines is shortened in the
+      middle);
+    - per-sample reward histograms, `train/reward_hist` and `val/reward_hist` (and one per
+      reward when a WeightedSum has several);
+    - `train/steps_per_second`, `train/peak_memory_gib`, `train/lora_delta_norm` (how far
+      the adapter moves the weights) and `train/lora_update_norm` (how far one step moves
+      the adapter);
+    - one record of the run's settings (estimator, K/n, model, reward, sampling, LoRA,
+      learning rate, batch, ...) whose metrics are the final `val/*` values, in place of
+      Lightning's automatic one (the data module's arguments);
+    - for TensorBoard, a custom-scalars layout (docs/tensorboard.md).
 
     Args:
         cell_size: each grid cell is resized to this many pixels square.
         max_images: at most this many cells per grid (the first in (prompt, seed) order).
         columns: cells per grid row; None means one column per validation seed.
+        prompt_lines: caption lines a prompt may take before it is shortened in the middle.
         histogram_every_n_steps: how often to log training reward histograms.
     """
 
@@ -43,109 +54,180 @@ class TensorBoardMonitor(Callback):
         cell_size: int = 128,
         max_images: int = 32,
         columns: int | None = None,
+        prompt_lines: int = 4,
         histogram_every_n_steps: int = 10,
     ) -> None:
         if cell_size < 16 or max_images < 1 or (columns is not None and columns < 1):
             raise ConfigError(
-                f"TensorBoardMonitor cell_size={cell_size} (>= 16), max_images={max_images} "
+                f"monitor cell_size={cell_size} (>= 16), max_images={max_images} "
                 f"(>= 1), columns={columns} (>= 1 or null) out of range"
+            )
+        if prompt_lines < 1 or histogram_every_n_steps < 1:
+            raise ConfigError(
+                f"monitor prompt_lines={prompt_lines} and histogram_every_n_steps="
+                f"{histogram_every_n_steps} must be >= 1"
             )
         self.cell_size = cell_size
         self.max_images = max_images
         self.columns = columns
+        self.prompt_lines = prompt_lines
         self.histogram_every_n_steps = histogram_every_n_steps
-        self._layout_written = False
+        self.settings_logged_to: str | None = None  # the log folder that has the record
+        self._step_started: float | None = None
+        self._adapter_before: list[torch.Tensor] | None = None
 
-    # --- layout and hparams ------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"settings_logged_to": self.settings_logged_to}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.settings_logged_to = state_dict.get("settings_logged_to")
+
+    # --- the run's settings and the layout, once --------------------------------------------
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # Lightning logs the module's and the data module's saved arguments at the start of
+        # every run (for TensorBoard, a first hparams record that hides any later one): the
+        # record of this run's settings is written here instead.
+        pl_module._log_hyperparams = False
+        if trainer.datamodule is not None:
+            trainer.datamodule._log_hyperparams = False
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        writer = tensorboard(trainer)
-        if writer is None or self._layout_written:
-            return
-        names = ["reward", *(f"reward/{n}" for n in pl_module.reward.part_names)]
-        # Chart tags are regular expressions in TensorBoard: anchor them, or "train/reward"
-        # would also draw every train/reward/<name> curve.
-        charts = {
-            name: ["Multiline", [f"^train/{name}$", f"^val/{name}$"]]
-            for name in dict.fromkeys(names)
+        # After the optimiser is built (its learning rate is a setting), before any metric.
+        log_dir = str(getattr(trainer.logger, "log_dir", None))
+        if self.settings_logged_to != log_dir:  # a resumed run logging on has its record
+            settings = run_settings(trainer, pl_module)
+            log_run_settings(trainer, settings, final_metric_tags(pl_module))
+            self.settings_logged_to = log_dir
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    logger.experiment.add_custom_scalars(layout(pl_module))
+
+    # --- every training step -------------------------------------------------------------------
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._step_started is None:
+            self._step_started = time.perf_counter()
+        if torch.cuda.is_available() and pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self._adapter_before = [p.detach().clone() for p in pl_module.trainable_parameters()]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._adapter_before is None:
+            return  # a micro-batch of an accumulated step: the step is not over
+        now = time.perf_counter()
+        moved = [
+            (after.detach() - before).flatten()
+            for after, before in zip(
+                pl_module.trainable_parameters(), self._adapter_before, strict=True
+            )
+        ]
+        self._adapter_before = None
+        metrics = {
+            "train/steps_per_second": 1.0 / max(now - self._step_started, 1e-9),
+            "train/peak_memory_gib": peak_memory_bytes(pl_module.device) / 2**30,
+            "train/lora_update_norm": float(torch.cat(moved).norm()),
+            "train/lora_delta_norm": float(pl_module.pipeline.adapter_norm()),
         }
-        charts["diversity"] = ["Multiline", ["^val/diversity$"]]
-        charts["loss and gradient"] = ["Multiline", ["^train/loss$", "^train/grad_norm$"]]
-        writer.add_custom_scalars({"draft-lightning": charts})
-        self._layout_written = True
+        self._step_started = now  # the next step starts now (data loading counts)
+        for name, value in metrics.items():
+            pl_module.log(name, value, on_step=True, on_epoch=False, batch_size=1)
+        self.log_train_histograms(trainer, pl_module)
 
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        history = getattr(pl_module, "eval_history", [])
-        if not history or trainer.global_rank != 0:
+    def log_train_histograms(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        scores = getattr(pl_module, "last_train_scores", None)
+        step = trainer.global_step - 1  # the step these samples were scored at
+        if scores is None or step % self.histogram_every_n_steps:
             return
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                final = {f"final/{k}": v for k, v in history[-1][1].items()}
-                logger.log_hyperparams(run_hparams(trainer, pl_module), metrics=final)
+        for name in histogram_names(scores):
+            log_histogram(trainer, f"train/{name}_hist", scores[name], step)
 
-    # --- images and histograms ------------------------------------------------------------
+    # --- every evaluation ------------------------------------------------------------------
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._step_started = None  # evaluation time is not training speed
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        writer = tensorboard(trainer)
         evaluation = getattr(pl_module, "last_evaluation", None)
-        if writer is None or not evaluation or not evaluation["prompts"]:
+        if not evaluation or not evaluation["prompts"]:
             return
         if trainer.sanity_checking and trainer.num_sanity_val_steps != float("inf"):
             return  # a partial sanity pass is not the base model's evaluation
         stage, step = evaluation["stage"], evaluation["step"]
-        writer.add_image(f"{stage}/images", self.grid(evaluation), step)
-        for name in evaluation["scores"][0]:
-            values = torch.tensor([s[name] for s in evaluation["scores"]])
-            writer.add_histogram(f"{stage}/{name}_hist", values, step)
+        log_image(trainer, f"{stage}/images", self.grid(evaluation), step)
+        scores = {
+            name: torch.tensor([s[name] for s in evaluation["scores"]])
+            for name in evaluation["scores"][0]
+        }
+        for name in histogram_names(scores):
+            log_histogram(trainer, f"{stage}/{name}_hist", scores[name], step)
 
     def grid(self, evaluation: dict[str, Any]) -> torch.Tensor:
-        count = min(self.max_images, len(evaluation["prompts"]))
-        cells = torch.stack(evaluation["thumbnails"][:count]).float() / 255
-        cells = torch.nn.functional.interpolate(
-            cells, size=(self.cell_size, self.cell_size), mode="bilinear", antialias=True
+        """[3, H, W] uint8: the evaluation's first `max_images` samples, captioned."""
+        return evaluation_grid(
+            evaluation, self.cell_size, self.max_images, self.columns, self.prompt_lines
         )
-        captions = [
-            f"{scores['reward']:.3f} seed {seed}\n{prompt}"
-            for prompt, seed, scores in zip(
-                evaluation["prompts"][:count],
-                evaluation["seeds"][:count],
-                evaluation["scores"][:count],
-                strict=True,
+
+
+# The name configs and older code know it by.
+TensorBoardMonitor = RunMonitor
+
+
+def histogram_names(scores: dict[str, Any]) -> list[str]:
+    """ "reward", and each part only when there are several (one part equals the total)."""
+    parts = [name for name in scores if name != "reward"]
+    return ["reward", *parts] if len(parts) > 1 else ["reward"]
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """On a GPU, the most memory tensors held during this step; on the CPU, the process's
+    peak resident memory so far (what the operating system saw)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * MAXRSS_BYTES
+
+
+def layout(pl_module: LightningModule) -> dict[str, dict[str, list]]:
+    """TensorBoard's custom-scalars layout: one chart per question, each quantity on its own
+    axis where its scale differs (a gradient norm of 1e-5 beside a loss of 0.5 reads as 0).
+    Chart tags are regular expressions: anchored, so "train/reward" does not also draw
+    every train/reward/<name> curve."""
+
+    def chart(*tags: str) -> list:
+        return ["Multiline", [f"^{tag}$" for tag in tags]]
+
+    parts = list(pl_module.reward.part_names)
+    reward = {
+        "reward: train (every step) and validation": chart("train/reward", "val/reward"),
+        "validation reward": chart("val/reward"),
+        "validation reward gain over the base model": chart("val/reward_gain"),
+        "reward spread: std over each step's batch": chart("train/reward_std"),
+        "validation diversity": chart("val/diversity"),
+    }
+    if len(parts) > 1:
+        for name in parts:
+            reward[f"reward/{name}: train and validation"] = chart(
+                f"train/reward/{name}", f"val/reward/{name}"
             )
-        ]
-        columns = self.columns or len(set(evaluation["seeds"]))
-        return captioned_grid(cells, captions, columns=min(columns, count))
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        writer = tensorboard(trainer)
-        scores = getattr(pl_module, "last_train_scores", None)
-        if writer is None or scores is None:
-            return
-        if trainer.global_step % self.histogram_every_n_steps:
-            return
-        for name, values in scores.items():
-            writer.add_histogram(f"train/{name}_hist", values.float().cpu(), trainer.global_step)
-
-
-def run_hparams(trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
-    """The settings that distinguish runs, flat and TensorBoard-friendly."""
-    estimator = getattr(pl_module, "estimator", None)  # DraftModule's; DDPO has none
-    params: dict[str, Any] = {"method": type(pl_module).__name__}
-    if estimator is not None:
-        params["estimator"] = type(estimator).__name__
-        params |= {f"estimator.{k}": v for k, v in vars(estimator).items()}
-    params |= {f"sampling.{k}": v for k, v in vars(pl_module.sampling).items()}
-    params |= {
-        f"lora.{k}": str(v) if isinstance(v, tuple) else v for k, v in vars(pl_module.lora).items()
+    optimisation = {
+        "loss": chart("train/loss"),
+        "gradient norm before clipping (use the log-scale button)": chart("train/grad_norm"),
+        "learning rate": ["Multiline", ["^lr-"]],  # LearningRateMonitor's lr-<optimizer>
     }
-    optimizer = trainer.optimizers[0] if trainer.optimizers else None
-    if optimizer is not None:
-        params["optimizer"] = type(optimizer).__name__
-        params["lr"] = optimizer.param_groups[0]["lr"]
-    params |= {
-        "kl_coeff": getattr(pl_module, "kl_coeff", None),
-        "seed": pl_module.seed,
-        "reward": pl_module.reward.name,
+    if getattr(pl_module, "kl_coeff", 0):
+        optimisation["DRaFT+ penalty"] = chart("train/kl")
+    return {
+        "draft-lightning: reward": reward,
+        "draft-lightning: optimisation": optimisation,
+        "draft-lightning: LoRA adapter": {
+            "size: ||scale B A|| over adapted layers": chart("train/lora_delta_norm"),
+            "update per step: ||change of the LoRA weights||": chart("train/lora_update_norm"),
+        },
+        "draft-lightning: speed and memory": {
+            "optimiser steps per second": chart("train/steps_per_second"),
+            "peak memory (GiB)": chart("train/peak_memory_gib"),
+        },
     }
-    params["world_size"] = trainer.world_size
-    return {k: v for k, v in params.items() if v is not None}
