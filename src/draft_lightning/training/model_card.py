@@ -68,13 +68,19 @@ def model_card(facts: CardFacts) -> str:
 
 
 def card_body(facts: CardFacts) -> str:
-    method = facts.settings.get("estimator", facts.settings.get("method", "reward fine-tuning"))
+    estimator = facts.settings.get("estimator")
+    method = estimator or facts.settings.get("method", "reward fine-tuning")
+    how = (
+        f"by backpropagating it through the sampling chain ({estimator})"
+        if estimator
+        else f"with {method}"
+    )
     lines = [
         f"# {method} LoRA for {facts.base_model}",
         "",
         f"A LoRA adapter for `{facts.base_model}` fine-tuned with draft-lightning to maximise "
-        f"the reward **{facts.reward}** by backpropagating it through the sampling chain "
-        f"({method}), exported after **{facts.step}** optimiser steps.",
+        f"the reward **{facts.reward}** {how}, exported after **{facts.step}** optimiser "
+        "steps.",
         "",
         "## Validation reward",
         "",
@@ -125,7 +131,7 @@ def usage(facts: CardFacts) -> list[str]:
             "```python",
             f"from diffusers import {facts.pipeline_class}",
             "",
-            f'pipe = {facts.pipeline_class}.from_pretrained("{facts.base_model}")',
+            f'pipe = {facts.pipeline_class}.from_pretrained("{loadable(facts.base_model)}")',
             'pipe.load_lora_weights("path/to/this/folder")',
             "```",
         ]
@@ -136,3 +142,11 @@ def usage(facts: CardFacts) -> list[str]:
             "their LoRA folder (`models/Lora`, `models/loras`).",
         ]
     return lines
+
+
+def loadable(base_model: str) -> str:
+    """What from_pretrained takes for the base model: a Hub id or a folder as given; for a
+    name only draft-lightning resolves (tiny:sd, toy:sd), a placeholder naming it."""
+    if hub_base_model(base_model) or Path(base_model).exists():
+        return base_model
+    return f"path/to/{base_model.replace(':', '-')}"
