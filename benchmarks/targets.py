@@ -103,5 +103,5 @@ def targets(sections: dict[str, Section]) -> str:
     rows = [
         row for name, make in makers.items() if name in sections for row in make(sections[name])
     ]
-    headers = ["target (issue 8)", "this run (ratio)", "margin", "verdict"]
+    headers = ["target", "this run (ratio)", "margin", "verdict"]
     return table(headers, rows)

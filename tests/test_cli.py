@@ -209,6 +209,41 @@ def test_fit_help_documents_estimators_rewards_and_sampling(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_help_titles_are_whole_sentences(capsys):
+    """Each group in `--help` is titled with the first docstring line of its class: that
+    line must be the whole summary, not a sentence cut at its line break."""
+    from draft_lightning.cli import main
+
+    for args in (["fit", "--help"], ["fit", "--model.help", "DraftModule"]):
+        with pytest.raises(SystemExit) as stop:
+            main(args)
+        assert stop.value.code == 0
+        text = capsys.readouterr().out
+        titles = [line for line in text.splitlines() if line and line[0].isupper()
+                  and line.endswith(":") and not line.startswith("Help for")]  # fmt: skip
+        assert len(titles) >= 2, text
+        for title in titles:
+            last_word = title[:-1].split()[-1]
+            assert last_word not in {"the", "a", "of", "and", "to", "with", "chain", "is"}, title
+    for cls in (
+        "draft_lightning.module.DraftModule",
+        "draft_lightning.baselines.ddpo.DDPOModule",
+        "draft_lightning.data.PromptDataModule",
+        "draft_lightning.training.lora_export.LoraExport",
+        "draft_lightning.training.monitoring.RunMonitor",
+        "draft_lightning.training.nonfinite_guard.NonFiniteGuard",
+        "draft_lightning.training.image_writer.ImageWriter",
+        "draft_lightning.training.run_summary.RunSummary",
+        "draft_lightning.training.slurm.SlurmRequeue",
+        "draft_lightning.estimators.DraftLV",
+        "draft_lightning.estimators.ReFL",
+        "draft_lightning.rewards.Reward",
+    ):
+        module, name = cls.rsplit(".", 1)
+        summary = getattr(__import__(module, fromlist=[name]), name).__doc__.strip()
+        assert "\n" not in summary.split("\n\n")[0], f"{cls}: summary spans lines"
+
+
 def test_draft_lightning_is_the_same_cli(tmp_path):
     scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
     assert scripts.get("draft-lightning") == scripts.get("lightning") == "draft_lightning.cli:main"

@@ -33,8 +33,10 @@ class RewardLoss:
 
 
 class DraftModule(RewardFineTuningModule):
-    """Fine-tune a LoRA adapter by backpropagating a reward through the sampling chain
-    (DRaFT, DRaFT-K, DRaFT-LV, AlignProp, ReFL: see `estimator`); every other argument is
+    """DRaFT: fine-tune a LoRA adapter by backpropagating a reward through sampling.
+
+    The estimator chooses where the gradient flows (DRaFT, DRaFT-K, DRaFT-LV, AlignProp,
+    ReFL); every other argument is
     RewardFineTuningModule's (pretrained_model, sampling, lora, optimizer, frozen_dtype, ...).
 
     Args:

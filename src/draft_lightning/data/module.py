@@ -162,8 +162,9 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
 
 
 class PromptDataModule(L.LightningDataModule):
-    """Prompts for DRaFT: an endless, streamed, shuffled training stream and a fixed validation
-    grid; the stream position is saved in checkpoints so a resumed run sees the same prompts."""
+    """Prompts: an endless, shuffled training stream and a fixed validation grid.
+
+    The stream position is saved in checkpoints, so a resumed run sees the same prompts."""
 
     def __init__(
         self,

@@ -12,8 +12,10 @@ from draft_lightning.estimators.base import Estimator
 
 @dataclass(frozen=True)
 class DraftLV(Estimator):
-    """DRaFT-LV: sample x0 without gradient, re-noise it `n` times with the forward process to
-    the noise level of the last sampling step, and denoise each copy with one differentiable step.
+    """DRaFT-LV: the last step differentiated on `n` re-noised copies of the sample.
+
+    Sample x0 without gradient, re-noise it `n` times with the forward process to the noise
+    level of the last sampling step, and denoise each copy with one differentiable step.
 
     Args:
         n: number of re-noised copies per prompt (the paper: 2).

@@ -11,8 +11,10 @@ from draft_lightning.randomness import StepRandomness
 
 @dataclass(frozen=True)
 class ReFL(Estimator):
-    """ReFL (ImageReward): sample without gradient to a random step among the last `window`,
-    take one differentiable step there and decode its direct x0 prediction.
+    """ReFL (ImageReward): one differentiable step at a random late step, its x0 decoded.
+
+    Sample without gradient to a random step among the last `window`, take one
+    differentiable step there and decode its direct x0 prediction.
 
     One step index is drawn per global batch (shared by all ranks), as in the reference
     implementation.

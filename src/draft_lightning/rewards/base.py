@@ -9,8 +9,10 @@ from torch import nn
 
 
 class Reward(nn.Module):
-    """A frozen, differentiable scorer: images in [0, 1] of shape [B, 3, H, W] and B prompts
-    in, one score per image out (shape [B]). Higher is better.
+    """A frozen, differentiable scorer of images and prompts; higher is better.
+
+    Images in [0, 1] of shape [B, 3, H, W] and B prompts in, one score per image out
+    (shape [B]).
 
     Subclasses implement `forward`. The base keeps the module frozen: no parameter trains and
     `train()` never leaves eval mode (Lightning calls `model.train()` at fit start, which would

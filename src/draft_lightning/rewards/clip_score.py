@@ -47,8 +47,10 @@ class OpenClipCosine(PretrainedReward):
 
 
 class CLIPScoreReward(OpenClipCosine):
-    """Image-prompt cosine similarity under any OpenCLIP model (CLIPScore without its
-    2.5 * max(cos, 0) rescaling, whose clamp would zero the gradient of poor images)."""
+    """Image-prompt cosine similarity under any OpenCLIP model.
+
+    CLIPScore without its 2.5 * max(cos, 0) rescaling, whose clamp would zero the gradient
+    of poor images."""
 
     def __init__(
         self,

@@ -16,8 +16,10 @@ from draft_lightning.training.run_files import run_dir, write_atomically
 
 
 class ImageWriter(BasePredictionWriter):
-    """`lightning predict` output: one PNG per (prompt, seed) and a JSONL manifest with the
-    prompt, seed, file, adapter weights and reward scores of each image.
+    """`lightning predict` output: one PNG per (prompt, seed) and a JSONL manifest.
+
+    The manifest has the prompt, seed, file, adapter weights and reward scores of each
+    image.
 
     Files are written atomically; the manifest is built as `manifest.jsonl.partial` and
     renamed at the end, so a finished manifest always matches the images on disk.

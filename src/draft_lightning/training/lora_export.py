@@ -18,7 +18,8 @@ LoraFormat = Literal["diffusers", "kohya"]
 
 
 class LoraExport(Callback):
-    """Export the trained adapter at every checkpoint and at the end:
+    """Export the trained adapter at every checkpoint and at the end, with a model card.
+
     `<log_dir>/lora/step=<N>/` and `<log_dir>/lora/last/`, each folder written whole
     (temporary folder, then rename) with a `README.md` model card and the latest
     validation grid (`samples.png`).

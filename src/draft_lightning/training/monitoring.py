@@ -25,7 +25,7 @@ MAXRSS_BYTES = 1 if sys.platform == "darwin" else 1024
 
 
 class RunMonitor(Callback):
-    """Log, to every logger the run has:
+    """Images, histograms, run settings and diagnostics, to every logger the run has.
 
     - `val/images` at every evaluation (the base model at step 0 included): one cell per
       validation prompt and seed in a fixed order, captioned with its reward, seed and

@@ -8,8 +8,10 @@ from lightning.pytorch.utilities import rank_zero_info
 
 
 class RunSummary(Callback):
-    """At the end of fit, print the validation reward at the first and last evaluation and
-    where the TensorBoard logs are, so a run ends with its answer on the terminal."""
+    """At the end of fit, print the validation reward before and after, and the logs.
+
+    The validation reward at the first and last evaluation and where the TensorBoard logs
+    are, so a run ends with its answer on the terminal."""
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         history = getattr(pl_module, "eval_history", [])

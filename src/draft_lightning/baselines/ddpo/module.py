@@ -63,8 +63,10 @@ def without_call_checkpointing(sampler: Sampler) -> Iterator[None]:
 
 
 class DDPOModule(RewardFineTuningModule):
-    """DDPO (PPO on the DDIM sampling chain) training a LoRA adapter; every other argument is
-    RewardFineTuningModule's (pretrained_model, lora, frozen_dtype, seed, ...).
+    """DDPO: train a LoRA adapter with PPO on the DDIM sampling chain (the RL baseline).
+
+    Every other argument is RewardFineTuningModule's (pretrained_model, lora, frozen_dtype,
+    seed, ...).
     `gradient_checkpointing` has no use here (no gradient flows through the chain, and each
     UNet call is backpropagated at once).
 
