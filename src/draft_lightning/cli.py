@@ -135,12 +135,12 @@ def _cli_class():
                 }
             )
             # Lightning's own docstring ends mid-sentence in --help; say what each one is for.
-            parser.groups["checkpoint"].title = (
-                "last.ckpt every N steps, for resuming (Lightning's ModelCheckpoint)"
-            )
-            parser.groups["best_checkpoint"].title = (
-                "The checkpoint with the best val/reward (Lightning's ModelCheckpoint)"
-            )
+            titles = {
+                "checkpoint": "last.ckpt every N steps, for resuming",
+                "best_checkpoint": "The checkpoint with the best val/reward",
+            }
+            for key, title in titles.items():
+                parser.groups[key].title = f"{title} (Lightning's ModelCheckpoint)"
             parser.add_lightning_class_args(LoraExport, "lora_export")
             parser.add_lightning_class_args(NonFiniteGuard, "nonfinite_guard")
             parser.add_lightning_class_args(RunMonitor, "monitor")
