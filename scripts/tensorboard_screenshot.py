@@ -1,8 +1,9 @@
 """Regenerate the TensorBoard pictures in docs/tensorboard.md from a real demo run.
 
 Trains the demo (draft_lv + cpu_tiny), serves its logs with TensorBoard on 127.0.0.1 and
-photographs the scalars, images and custom-scalars pages with headless Chromium (Debian's
-`chromium` package: `apt-get install chromium`). Run: `make screenshots`.
+photographs every tab the run fills (time series, scalars, custom scalars, images,
+histograms, distributions, hparams) with headless Chromium (Debian's `chromium` package:
+`apt-get install chromium`). Run: `make screenshots`.
 """
 
 from __future__ import annotations
@@ -18,9 +19,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# Every tab the demo run fills: file name -> (page, window width x height in pixels).
+# Custom scalars: without smoothing and outlier clipping, which hide a validation curve of
+# a few points (TensorBoard reads these settings from the page address).
 PAGES = {
-    "tensorboard_custom_scalars.png": "#custom_scalars",
-    "tensorboard_images.png": "#images",
+    "tensorboard_time_series.png": ("#timeseries", (1400, 1400)),
+    "tensorboard_scalars.png": ("#scalars", (1400, 1400)),
+    "tensorboard_custom_scalars.png": (
+        "#custom_scalars&_smoothingWeight=0&_ignoreYOutliers=false",
+        (1400, 2600),
+    ),
+    "tensorboard_images.png": ("#images", (1400, 1200)),
+    "tensorboard_histograms.png": ("#histograms", (1400, 1200)),
+    "tensorboard_distributions.png": ("#distributions", (1400, 1200)),
+    "tensorboard_hparams.png": ("#hparams", (2800, 600)),
 }
 
 
@@ -41,40 +53,44 @@ def wait_until_served(url: str, seconds: float = 60) -> None:
     raise SystemExit(f"TensorBoard did not answer at {url} within {seconds:.0f} s")
 
 
-def screenshot(chromium: str, url: str, out: Path) -> None:
+def screenshot(chromium: str, url: str, out: Path, size: tuple[int, int]) -> None:
     subprocess.run(
         [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
          "--no-first-run", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", f"--user-data-dir={tempfile.mkdtemp()}", "--hide-scrollbars",
-         "--window-size=1400,1000", "--virtual-time-budget=15000", f"--screenshot={out}", url],
+         f"--window-size={size[0]},{size[1]}", "--virtual-time-budget=20000",
+         f"--screenshot={out}",
+         url],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
+    """`--logs DIR`: photograph an existing log folder instead of training the demo."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         raise SystemExit("chromium not found: apt-get install chromium")
     work = Path(tempfile.mkdtemp(prefix="tb-demo-"))
-    subprocess.run(
-        [BIN / "lightning", "fit", "--config", ROOT / "configs/draft_lv.yaml",
-         "--config", ROOT / "configs/cpu_tiny.yaml"],
-        cwd=work, check=True,
-    )  # fmt: skip
+    logs = Path(argv[argv.index("--logs") + 1]) if "--logs" in argv else work / "runs"
+    if "--logs" not in argv:
+        subprocess.run(
+            [BIN / "lightning", "fit", "--config", ROOT / "configs/draft_lv.yaml",
+             "--config", ROOT / "configs/cpu_tiny.yaml"],
+            cwd=work, check=True,
+        )  # fmt: skip
     port = free_port()
     server = subprocess.Popen(
-        [BIN / "tensorboard", "--logdir", work / "runs", "--host", "127.0.0.1",
-         "--port", str(port)],
+        [BIN / "tensorboard", "--logdir", logs, "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
         base = f"http://127.0.0.1:{port}/"
         wait_until_served(base)
         time.sleep(5)  # let TensorBoard finish reading the event files
-        for name, page in PAGES.items():
+        for name, (page, size) in PAGES.items():
             out = ROOT / "docs" / "images" / name
             out.parent.mkdir(parents=True, exist_ok=True)
-            screenshot(chromium, base + page, out)
+            screenshot(chromium, base + page, out, size)
             print(f"wrote {out.relative_to(ROOT)}")
     finally:
         server.terminate()
@@ -83,4 +99,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
