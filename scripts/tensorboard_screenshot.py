@@ -8,11 +8,14 @@ histograms, distributions, hparams) with headless Chromium (Debian's `chromium` 
 
 from __future__ import annotations
 
+import http.server
+import json
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -20,20 +23,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # Every tab the demo run fills: file name -> (page, window width x height in pixels).
-# Custom scalars: without smoothing and outlier clipping, which hide a validation curve of
-# a few points (TensorBoard reads these settings from the page address).
 PAGES = {
     "tensorboard_time_series.png": ("#timeseries", (1400, 1400)),
     "tensorboard_scalars.png": ("#scalars", (1400, 1400)),
-    "tensorboard_custom_scalars.png": (
-        "#custom_scalars&_smoothingWeight=0&_ignoreYOutliers=false",
-        (1400, 2600),
-    ),
+    "tensorboard_custom_scalars.png": ("#custom_scalars&_smoothingWeight=0", (1400, 2600)),
     "tensorboard_images.png": ("#images", (1400, 1200)),
     "tensorboard_histograms.png": ("#histograms", (1400, 1200)),
     "tensorboard_distributions.png": ("#distributions", (1400, 1200)),
     "tensorboard_hparams.png": ("#hparams", (2800, 600)),
 }
+# No outlier clipping (and, in the page address, no smoothing): both hide a validation
+# curve of a few points (what docs/tensorboard.md tells readers to set in the left panel).
+SETTINGS = {"_ignoreYOutliers": "false"}
 
 
 def free_port() -> int:
@@ -58,11 +59,48 @@ def screenshot(chromium: str, url: str, out: Path, size: tuple[int, int]) -> Non
         [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
          "--no-first-run", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", f"--user-data-dir={tempfile.mkdtemp()}", "--hide-scrollbars",
+         "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
          f"--window-size={size[0]},{size[1]}", "--virtual-time-budget=20000",
          f"--screenshot={out}",
          url],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
+
+
+def settings_proxy(tensorboard: str) -> http.server.ThreadingHTTPServer:
+    """A local pass-through to TensorBoard whose front page first stores `SETTINGS` in the
+    browser's localStorage, where TensorBoard keeps them (a fresh browser profile has
+    none, and the page address cannot set them)."""
+    script = "".join(
+        f"localStorage.setItem({json.dumps(k)}, {json.dumps(v)});" for k, v in SETTINGS.items()
+    )
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+            self.forward(None)
+
+        def do_POST(self) -> None:  # noqa: N802 - the HParams tab asks by POST
+            self.forward(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+
+        def forward(self, data: bytes | None) -> None:
+            request = urllib.request.Request(tensorboard + self.path, data=data)
+            for header in ("Content-Type", "X-XSRF-Protected"):
+                if self.headers.get(header):
+                    request.add_header(header, self.headers[header])
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                body, kind = answer.read(), answer.headers.get("Content-Type", "")
+            if self.path in ("/", "/index.html"):
+                body = body.replace(b"<head>", f"<head><script>{script}</script>".encode(), 1)
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    return http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
 
 
 def main(argv: list[str]) -> None:
@@ -83,9 +121,11 @@ def main(argv: list[str]) -> None:
         [BIN / "tensorboard", "--logdir", logs, "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    proxy = settings_proxy(f"http://127.0.0.1:{port}")
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
     try:
-        base = f"http://127.0.0.1:{port}/"
-        wait_until_served(base)
+        wait_until_served(f"http://127.0.0.1:{port}/")
+        base = f"http://127.0.0.1:{proxy.server_address[1]}/"
         time.sleep(5)  # let TensorBoard finish reading the event files
         for name, (page, size) in PAGES.items():
             out = ROOT / "docs" / "images" / name
@@ -93,6 +133,7 @@ def main(argv: list[str]) -> None:
             screenshot(chromium, base + page, out, size)
             print(f"wrote {out.relative_to(ROOT)}")
     finally:
+        proxy.shutdown()
         server.terminate()
         server.wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)

@@ -74,7 +74,8 @@ class LoraExport(Callback):
     ) -> dict[str, bytes]:
         """README.md and, once an evaluation has run, samples.png."""
         history = getattr(pl_module, "eval_history", [])
-        history = [(s, v) for s, v in history if s <= step and "val/reward" in v]
+        # The adapter's own evaluations: step 0 is the base model's.
+        history = [(s, v) for s, v in history if 0 < s <= step and "val/reward" in v]
         evaluation = getattr(pl_module, "last_evaluation", None)
         if evaluation is not None and (
             evaluation["stage"] != "val" or evaluation["step"] > step or not evaluation["prompts"]

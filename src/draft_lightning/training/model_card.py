@@ -92,16 +92,17 @@ def card_body(facts: CardFacts) -> str:
     if facts.export_reward is not None:
         step, value = facts.export_reward
         lines.append(f"| this adapter (latest evaluation) | {step} | {value:.4f} |")
-    if facts.base_reward is None and facts.export_reward is None:
-        lines.append("| no evaluation ran before this export | | |")
+    if facts.export_reward is None:
+        lines.append("| this adapter | - | not evaluated yet |")
     lines += ["", "Means over fixed validation prompts and seeds."]
     if facts.samples_step is not None:
         lines += [
             "",
             f"![validation samples at step {facts.samples_step}]({SAMPLES_NAME})",
             "",
-            f"Validation samples at step {facts.samples_step}: reward, seed and prompt under "
-            "each image.",
+            f"Validation samples at step {facts.samples_step}"
+            f"{' (the base model, before training)' if facts.samples_step == 0 else ''}: "
+            "reward, seed and prompt under each image.",
         ]
     lines += ["", "## Use it", ""] + usage(facts)
     lines += [
