@@ -178,6 +178,10 @@ def save_lora(
     state = get_peft_model_state_dict(denoiser, adapter_name=adapter_name)
     state = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
     metadata = denoiser.peft_config[adapter_name].to_dict()
+    # peft keeps target_modules as a set, whose order changes with PYTHONHASHSEED: sorted, two
+    # exports of the same adapter carry the same metadata.
+    if isinstance(metadata.get("target_modules"), set | list | tuple):
+        metadata["target_modules"] = sorted(metadata["target_modules"])
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
         getattr(diffusers, pipeline_class).save_lora_weights(
