@@ -224,6 +224,10 @@ def write_diffusers_lora(
     from diffusers.utils import convert_state_dict_to_diffusers
 
     metadata = denoiser.peft_config[adapter_name].to_dict()
+    # peft keeps target_modules as a set, whose order changes with PYTHONHASHSEED: sorted, two
+    # exports of the same adapter carry the same metadata.
+    if isinstance(metadata.get("target_modules"), set | list | tuple):
+        metadata["target_modules"] = sorted(metadata["target_modules"])
     getattr(diffusers, pipeline_class).save_lora_weights(
         folder,
         weight_name=LORA_WEIGHTS_NAME,
