@@ -1,9 +1,9 @@
-"""Regenerate the TensorBoard pictures in docs/tensorboard.md from a real demo run.
+"""Regenerate the TensorBoard pictures in docs/tensorboard.md from real demo runs.
 
-Trains the demo (draft_lv + cpu_tiny), serves its logs with TensorBoard on 127.0.0.1 and
-photographs every tab the run fills (time series, scalars, custom scalars, images,
-histograms, distributions, hparams) with headless Chromium (Debian's `chromium` package:
-`apt-get install chromium`). Run: `make screenshots`.
+Trains the demo (draft_lv + cpu_tiny) and a variant of it, serves their logs with
+TensorBoard on 127.0.0.1 and photographs every tab the runs fill (time series, scalars,
+custom scalars, images, histograms, distributions, hparams) with headless Chromium
+(Debian's `chromium` package: `apt-get install chromium`). Run: `make screenshots`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-# Every tab the demo run fills: file name -> (page, window width x height in pixels).
+# The demo, and the demo with another learning rate and LoRA rank: two runs to compare (the
+# HParams tab puts the settings that differ first).
+DEMO_RUNS = [
+    [],
+    [
+        "--model.optimizer.init_args.lr",
+        "0.003",
+        "--model.lora.rank",
+        "4",
+        "--model.lora.alpha",
+        "4",
+    ],
+]
+# Every tab the demo runs fill: file name -> (page, window width x height in pixels).
 PAGES = {
     "tensorboard_time_series.png": ("#timeseries", (1400, 1400)),
     "tensorboard_scalars.png": ("#scalars", (1400, 1400)),
@@ -111,11 +124,12 @@ def main(argv: list[str]) -> None:
     work = Path(tempfile.mkdtemp(prefix="tb-demo-"))
     logs = Path(argv[argv.index("--logs") + 1]) if "--logs" in argv else work / "runs"
     if "--logs" not in argv:
-        subprocess.run(
-            [BIN / "lightning", "fit", "--config", ROOT / "configs/draft_lv.yaml",
-             "--config", ROOT / "configs/cpu_tiny.yaml"],
-            cwd=work, check=True,
-        )  # fmt: skip
+        for overrides in DEMO_RUNS:
+            subprocess.run(
+                [BIN / "lightning", "fit", "--config", ROOT / "configs/draft_lv.yaml",
+                 "--config", ROOT / "configs/cpu_tiny.yaml", *overrides],
+                cwd=work, check=True,
+            )  # fmt: skip
     port = free_port()
     server = subprocess.Popen(
         [BIN / "tensorboard", "--logdir", logs, "--host", "127.0.0.1", "--port", str(port)],

@@ -36,3 +36,15 @@ def test_a_checkpoint_of_another_rank_is_refused_in_one_line(tiny_sd):
         rank4.on_load_checkpoint(checkpoint)
     with pytest.raises(ConfigError, match="missing in the file"):
         rank4.on_load_checkpoint({"state_dict": {}})
+
+
+def test_the_base_models_reward_survives_a_checkpoint(tiny_sd):
+    """val/reward_gain after a resume is measured from the base model of the first run."""
+    module = make_module()
+    module.base_reward = 0.25
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    resumed = make_module()
+    assert resumed.base_reward is None
+    resumed.on_load_checkpoint(checkpoint)
+    assert resumed.base_reward == 0.25
