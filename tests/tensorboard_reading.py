@@ -6,22 +6,40 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def hparams_sessions(logdir: Path) -> list[dict]:
-    """The HParams tab's table: one dict per session with its `hparams` and `metrics`
-    (metric tag -> value), as TensorBoard's hparams plugin answers its web page."""
-    from google.protobuf import json_format
-    from tensorboard import context
+def hparams_plugin(logdir: Path):
+    """TensorBoard's hparams plugin backend over `logdir`, as `tensorboard --logdir` runs it."""
     from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
     from tensorboard.plugins import base_plugin
-    from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
+    from tensorboard.plugins.hparams import backend_context
 
     multiplexer = plugin_event_multiplexer.EventMultiplexer()
     multiplexer.AddRunsFromDirectory(str(logdir))
     multiplexer.Reload()
     provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
-    plugin_context = backend_context.Context(
+    return backend_context.Context(
         base_plugin.TBContext(logdir=str(logdir), data_provider=provider)
     )
+
+
+def hparams_columns(logdir: Path) -> list[str]:
+    """The settings in the order the HParams tab gets them; it shows the first five."""
+    from tensorboard import context
+    from tensorboard.plugins.hparams import api_pb2, get_experiment
+
+    experiment = get_experiment.Handler(
+        context.RequestContext(), hparams_plugin(logdir), "", api_pb2.GetExperimentRequest()
+    ).run()
+    return [info.name for info in experiment.hparam_infos]
+
+
+def hparams_sessions(logdir: Path) -> list[dict]:
+    """The HParams tab's table: one dict per session with its `hparams` and `metrics`
+    (metric tag -> value), as TensorBoard's hparams plugin answers its web page."""
+    from google.protobuf import json_format
+    from tensorboard import context
+    from tensorboard.plugins.hparams import api_pb2, list_session_groups
+
+    plugin_context = hparams_plugin(logdir)
     request = api_pb2.ListSessionGroupsRequest(
         start_index=0,
         slice_size=100,

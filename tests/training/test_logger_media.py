@@ -59,7 +59,7 @@ def test_csv_logger_gets_curves_settings_and_images_as_files(tiny_sd, tmp_path):
         monitor.grid(module.last_evaluation),
     )
     settings = yaml.safe_load((folder / "hparams.yaml").read_text())
-    assert settings["estimator"] == "DraftK" and settings["estimator.k"] == 1
+    assert settings["estimator"] == "DraftK(k=1)" and settings["estimator.k"] == 1
     assert settings["reward"] == "brightness + colorfulness"
     assert "_instantiator" not in settings and "num_val_seeds" not in settings
     header = (folder / "metrics.csv").read_text().splitlines()[0].split(",")

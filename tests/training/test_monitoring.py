@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image, ImageFont
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import metadata as custom_scalar_metadata
-from tensorboard_reading import custom_scalar_charts, hparams_sessions
+from tensorboard_reading import custom_scalar_charts, hparams_columns, hparams_sessions
 
 from draft_lightning.data import PromptDataModule
 from draft_lightning.estimators import DraftLV
@@ -137,7 +137,7 @@ def test_hparams_table_shows_the_runs_settings_and_final_metrics(events):
     assert len(sessions) == 1
     hparams, metrics = sessions[0]["hparams"], sessions[0]["metrics"]
     expected = {
-        "estimator": "DraftLV",
+        "estimator": "DraftLV(n=2, include_base_sample=False, renoise_steps=1)",
         "estimator.n": 2,
         "model": "tiny:sd",
         "reward": "brightness + 0.5 colorfulness",
@@ -155,6 +155,8 @@ def test_hparams_table_shows_the_runs_settings_and_final_metrics(events):
                 "val/diversity", "val/reward_gain"):  # fmt: skip
         assert metrics[tag] == pytest.approx(events.Scalars(tag)[-1].value), tag
     assert "hp_metric" not in metrics
+    # The table opens with five settings: estimator, LoRA rank, learning rate, model, reward.
+    assert hparams_columns(events.logdir)[:5] == ["estimator", "lora.rank", "lr", "model", "reward"]
 
 
 def test_custom_scalars_layout_answers_the_questions(events):

@@ -61,30 +61,47 @@ def log_histogram(trainer: Trainer, tag: str, values: torch.Tensor, step: int) -
             logger.log_metrics({tag: wandb.Histogram(values.numpy())}, step=step)
 
 
-def log_run_settings(trainer: Trainer, params: dict[str, Any], metric_tags: list[str]) -> None:
+def log_run_settings(
+    trainer: Trainer,
+    params: dict[str, Any],
+    metric_tags: list[str],
+    headline: tuple[str, ...] = (),
+) -> None:
     """The run's settings, once, to every logger. TensorBoard gets one hparams record whose
     metric columns are `metric_tags`: its HParams tab reads each column's value from the
     last point of that scalar curve, so the table shows the run's final metrics (and the
-    latest ones while it trains), with no placeholder values written into the curves."""
+    latest ones while it trains), with no placeholder values written into the curves. Its
+    table opens with five settings: the `headline` ones."""
     if not trainer.is_global_zero:
         return
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            log_tensorboard_hparams(logger, params, metric_tags)
+            log_tensorboard_hparams(logger, params, metric_tags, headline)
         else:
             logger.log_hyperparams(params)
 
 
 def log_tensorboard_hparams(
-    logger: TensorBoardLogger, params: dict[str, Any], metric_tags: list[str]
+    logger: TensorBoardLogger,
+    params: dict[str, Any],
+    metric_tags: list[str],
+    headline: tuple[str, ...] = (),
 ) -> None:
     # Lightning's log_hyperparams would also write each metric at step 0 (or hp_metric = -1),
     # a false first point on every validation curve; the three hparams summaries are
     # written here directly instead, with the same helper Lightning uses.
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
     from torch.utils.tensorboard.summary import hparams
 
     logger.hparams.update(params)  # hparams.yaml beside the event files
     experiment, start, end = hparams(params, dict.fromkeys(metric_tags, 0.0))
+    # TensorBoard shows the first five settings, those marked `differs` first (it computes
+    # that mark only for runs without this summary): the headline settings get it.
+    plugin_data = experiment.value[0].metadata.plugin_data
+    data = HParamsPluginData.FromString(plugin_data.content)
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in headline
+    plugin_data.content = data.SerializeToString()
     writer = logger.experiment._get_file_writer()
     for summary in (experiment, start, end):
         writer.add_summary(summary)

@@ -68,7 +68,7 @@ def model_card(facts: CardFacts) -> str:
 
 
 def card_body(facts: CardFacts) -> str:
-    estimator = facts.settings.get("estimator")
+    estimator = facts.settings.get("estimator", "").split("(")[0]  # the class name
     method = estimator or facts.settings.get("method", "reward fine-tuning")
     how = (
         f"by backpropagating it through the sampling chain ({estimator})"

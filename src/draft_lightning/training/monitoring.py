@@ -20,6 +20,8 @@ from draft_lightning.evaluation.image_grid import evaluation_grid
 from draft_lightning.training.logger_media import log_histogram, log_image, log_run_settings
 from draft_lightning.training.run_settings import final_metric_tags, run_settings
 
+# The settings TensorBoard's HParams table opens with (it shows five).
+HEADLINE = ("estimator", "lr", "lora.rank", "reward", "model")
 # ru_maxrss is in kibibytes on Linux, in bytes on macOS.
 MAXRSS_BYTES = 1 if sys.platform == "darwin" else 1024
 
@@ -97,7 +99,7 @@ class RunMonitor(Callback):
         log_dir = str(getattr(trainer.logger, "log_dir", None))
         if self.settings_logged_to != log_dir:  # a resumed run logging on has its record
             settings = run_settings(trainer, pl_module)
-            log_run_settings(trainer, settings, final_metric_tags(pl_module))
+            log_run_settings(trainer, settings, final_metric_tags(pl_module), HEADLINE)
             self.settings_logged_to = log_dir
         if trainer.is_global_zero:
             for logger in trainer.loggers:

@@ -14,7 +14,7 @@ def run_settings(trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]
     params: dict[str, Any] = {"method": type(pl_module).__name__}
     estimator = getattr(pl_module, "estimator", None)  # DraftModule's; DDPO has none
     if estimator is not None:
-        params["estimator"] = type(estimator).__name__
+        params["estimator"] = repr(estimator)  # e.g. DraftLV(n=2, ...): one column says all
         params |= {f"estimator.{k}": v for k, v in vars(estimator).items()}
     params["model"] = getattr(pl_module, "pretrained_model", None)
     params["reward"] = reward_description(pl_module.reward)
