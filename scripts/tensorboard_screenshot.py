@@ -37,8 +37,8 @@ DEMO_RUNS = [
 ]
 # Every tab the demo runs fill: file name -> (page, window width x height in pixels).
 PAGES = {
-    "tensorboard_time_series.png": ("#timeseries", (1400, 1400)),
-    "tensorboard_scalars.png": ("#scalars", (1400, 1400)),
+    "tensorboard_time_series.png": ("?forceSVG=true&tagFilter=%5Eval%2F#timeseries", (1400, 1400)),
+    "tensorboard_scalars.png": ("#scalars&tagFilter=%5Eval%2F&_smoothingWeight=0", (1400, 1400)),
     "tensorboard_custom_scalars.png": ("#custom_scalars&_smoothingWeight=0", (1400, 2600)),
     "tensorboard_images.png": ("#images", (1400, 1200)),
     "tensorboard_histograms.png": ("#histograms", (1400, 1200)),
