@@ -41,9 +41,9 @@ def draws(module):
     return rng.randn(len(PROMPTS), module.pipeline.latent_shape), rng
 
 
-@pytest.mark.parametrize("k", [1, 3])
-def test_draft_k(setup, k):
+def test_draft_k(setup):
     module, ref = setup
+    k = 2  # a no-grad prefix and a window of more than one step
     ours = training_step_grad(module, DraftK(k))
 
     def loss_fn():
