@@ -237,6 +237,7 @@ def test_help_titles_are_whole_sentences(capsys):
         "draft_lightning.training.slurm.SlurmRequeue",
         "draft_lightning.estimators.DraftLV",
         "draft_lightning.estimators.ReFL",
+        "draft_lightning.estimators.DirectAlign",
         "draft_lightning.rewards.Reward",
     ):
         module, name = cls.rsplit(".", 1)

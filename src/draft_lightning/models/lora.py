@@ -228,13 +228,17 @@ def write_diffusers_lora(
     # exports of the same adapter carry the same metadata.
     if isinstance(metadata.get("target_modules"), set | list | tuple):
         metadata["target_modules"] = sorted(metadata["target_modules"])
+    state = adapter_state(denoiser, adapter_name)
+    if component == "unet":  # UNet LoRA files use diffusers' own names (lora.down/up)
+        state = convert_state_dict_to_diffusers(state)
+    # Transformer families keep peft's lora_A/lora_B names, as diffusers' own FLUX and SD3
+    # LoRA scripts save them: converted, only the to_q/k/v/out keys are renamed and SD3's
+    # loader then drops those layers.
     getattr(diffusers, pipeline_class).save_lora_weights(
         folder,
         weight_name=LORA_WEIGHTS_NAME,
         **{
-            f"{component}_lora_layers": convert_state_dict_to_diffusers(
-                adapter_state(denoiser, adapter_name)
-            ),
+            f"{component}_lora_layers": state,
             f"{component}_lora_adapter_metadata": metadata,
         },
     )

@@ -14,6 +14,13 @@ from typing import Any
 from draft_lightning.models.lora import KOHYA_WEIGHTS_NAME
 
 SAMPLES_NAME = "samples.png"
+# The Hub's tag for each model family (the family's `name`).
+FAMILY_TAGS = {
+    "sd": "stable-diffusion",
+    "sdxl": "stable-diffusion-xl",
+    "flux": "flux",
+    "sd3": "sd3",
+}
 
 
 @dataclass
@@ -53,7 +60,7 @@ def model_card(facts: CardFacts) -> str:
     from huggingface_hub import ModelCardData
 
     tags = ["text-to-image", "diffusers", "lora", "template:sd-lora", "draft-lightning"]
-    tags.append("stable-diffusion-xl" if facts.family == "sdxl" else "stable-diffusion")
+    tags += [FAMILY_TAGS[facts.family]] if facts.family in FAMILY_TAGS else []
     widget = None
     if facts.samples_step is not None:
         widget = [{"text": facts.sample_prompt or "", "output": {"url": SAMPLES_NAME}}]
