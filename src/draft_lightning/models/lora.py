@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from draft_lightning.errors import ConfigError
+from draft_lightning.models.sharding import full_tensor
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 # Names of the two LoRA matrices in files (diffusers' and peft's) and in peft's modules.
@@ -151,18 +152,31 @@ def use_adapters(denoiser: nn.Module, names: Sequence[str], weights: Sequence[fl
     denoiser.set_adapters(list(names), weights=list(weights))
 
 
+def lora_state_dict(denoiser: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """The adapter's weights in diffusers' naming, float32 on the CPU. Weights sharded across
+    ranks (FSDP2) are gathered whole: a collective, so every rank must call this."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(denoiser, adapter_name=adapter_name)
+    state = {k: full_tensor(v.detach()).float().cpu().contiguous() for k, v in state.items()}
+    return convert_state_dict_to_diffusers(state)
+
+
 def save_lora(
     denoiser: nn.Module,
     folder: Path,
     pipeline_class: str = "StableDiffusionPipeline",
     component: str = "unet",
     adapter_name: str = "default",
+    state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write the adapter in diffusers' format, with its metadata, atomically.
 
     `pipeline_class` is the diffusers pipeline whose save_lora_weights writes the file (the
     model family's), so its load_lora_weights reads it; `component` is the pipeline part
-    the adapter belongs to ("unet" or "transformer").
+    the adapter belongs to ("unet" or "transformer"). `state` is what `lora_state_dict`
+    returned (a sharded model's adapter gathered on every rank); None reads it here.
 
     The metadata (lora_alpha, rank, targets) must travel with the weights: without it
     diffusers assumes alpha = rank and a run trained with alpha != rank loads silently wrong.
@@ -170,13 +184,11 @@ def save_lora(
     sees a half-written adapter.
     """
     import diffusers
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    state = get_peft_model_state_dict(denoiser, adapter_name=adapter_name)
-    state = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+    if state is None:
+        state = lora_state_dict(denoiser, adapter_name)
     metadata = denoiser.peft_config[adapter_name].to_dict()
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
@@ -184,7 +196,7 @@ def save_lora(
             tmp,
             weight_name=LORA_WEIGHTS_NAME,
             **{
-                f"{component}_lora_layers": convert_state_dict_to_diffusers(state),
+                f"{component}_lora_layers": state,
                 f"{component}_lora_adapter_metadata": metadata,
             },
         )
