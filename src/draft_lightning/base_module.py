@@ -81,6 +81,9 @@ class RewardFineTuningModule(LightningModule):
             first one compiles: tens of seconds on a CPU; pays off only over long runs).
         channels_last: keep the denoiser's weights in channels_last memory format (faster
             convolutions on some hardware; measured in docs/benchmarks.md).
+        offload_text_encoders: keep the frozen text encoders on the CPU between batches and
+            move them to the accelerator only to encode each batch's prompts (FLUX.1's and
+            SD3's T5 holds ~9 GB in bf16); costs a host-device copy of them per step.
         frozen_dtype: storage dtype of the frozen text encoder, VAE and denoiser weights (the
             LoRA weights stay float32).
         upcast_vae: keep the VAE in float32 whatever frozen_dtype is, so decoding (and the
@@ -121,6 +124,7 @@ class RewardFineTuningModule(LightningModule):
         merge_lora_without_grad: bool | None = None,
         compile_unet: bool = False,
         channels_last: bool = False,
+        offload_text_encoders: bool = False,
         frozen_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         upcast_vae: bool | None = None,
         pretrained_vae: str | None = None,
@@ -154,6 +158,7 @@ class RewardFineTuningModule(LightningModule):
             merge_lora_without_grad=merge_lora_without_grad,
             compile_denoiser=compile_unet,
             channels_last=channels_last,
+            offload_text_encoders=offload_text_encoders,
             prompt_embedding_cache=prompt_embedding_cache,
             family_options={"sdxl_conditioning": sdxl_conditioning},
         )

@@ -34,13 +34,15 @@ class RewardLoss:
 
 class DraftModule(RewardFineTuningModule):
     """Fine-tune a LoRA adapter by backpropagating a reward through the sampling chain
-    (DRaFT, DRaFT-K, DRaFT-LV, AlignProp, ReFL: see `estimator`); every other argument is
-    RewardFineTuningModule's (pretrained_model, sampling, lora, optimizer, frozen_dtype, ...).
+    (DRaFT, DRaFT-K, DRaFT-LV, AlignProp, ReFL, Direct-Align: see `estimator`); every other
+    argument is RewardFineTuningModule's (pretrained_model, sampling, lora, optimizer,
+    frozen_dtype, ...).
 
     Args:
         reward: the frozen differentiable reward to maximise (a `Reward`; `WeightedSum` mixes
             several).
-        estimator: where the gradient flows: Draft, DraftK, DraftLV, RandomTruncation, ReFL.
+        estimator: where the gradient flows: Draft, DraftK, DraftLV, RandomTruncation, ReFL,
+            DirectAlign.
         kl_coeff: DRaFT+ regulariser weight: adds kl_coeff * mean ||eps_lora - eps_base||^2
             over the differentiated steps (base = the same denoiser with adapters disabled),
             against reward hacking and loss of diversity. 0 turns it off.
@@ -61,6 +63,11 @@ class DraftModule(RewardFineTuningModule):
         self.estimator.check(sampling.num_steps)
         if self.kl_coeff < 0:
             raise ConfigError(f"kl_coeff={self.kl_coeff} must be >= 0")
+        if self.kl_coeff and not self.estimator.steps_through_chain:
+            raise ConfigError(
+                f"kl_coeff={self.kl_coeff}: DRaFT+'s penalty is taken over differentiated "
+                f"sampling steps, and {type(self.estimator).__name__} takes none; set kl_coeff 0"
+            )
 
     # --- the algorithm -------------------------------------------------------------------
 

@@ -245,6 +245,18 @@ def test_eta_zero_is_refused_in_one_line_before_weights_load():
     assert "\n" not in str(error.value)
 
 
+def test_a_flow_matching_model_is_refused_in_one_line_before_weights_load(tmp_path):
+    from flow_reference import weightless_copy
+
+    from draft_lightning.testing.tiny_flux import tiny_flux_path
+
+    folder = weightless_copy(tiny_flux_path(), tmp_path / "flux")
+    sampling = SamplingSettings(num_steps=4, guidance_scale=3.5, eta=1.0, resolution=32)
+    with pytest.raises(ConfigError, match=r"sampling\.eta=1\.0: FLUX\.1 .* DDPO") as error:
+        DDPOModule(reward=Brightness(), pretrained_model=str(folder), sampling=sampling)
+    assert "\n" not in str(error.value)
+
+
 def cli_accepts_model_subclasses() -> bool:
     """Whether `lightning fit` takes `model.class_path` (LightningCLI's subclass_mode_model)."""
     return "subclass_mode_model=True" in (ROOT / "src/draft_lightning/cli.py").read_text()

@@ -1,22 +1,20 @@
-"""Stateless flow matching: schedules equal the scheduler's and the closed-form shifts, steps
-equal the scheduler's step, and a plain loop over them reproduces diffusers' FLUX and SD3
-pipelines' final latents from the same starting noise."""
+"""Flow matching: the stateless schedules equal the scheduler's and the closed-form shifts,
+steps equal the scheduler's step, and FlowMatchEulerSampler steps, re-noises, predicts x0 and
+recovers Direct-Align's x0 with them. (That sampling with it reproduces diffusers' FLUX and SD3
+pipelines is tested with each family: tests/models/families/test_flux.py, test_sd3.py.)"""
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, StableDiffusion3Pipeline
+from diffusers import FlowMatchEulerDiscreteScheduler
 
-from draft_lightning.models.families.flux_latents import flux_velocity, pack_latents
-from draft_lightning.models.families.flux_text import FluxPromptEncoder
-from draft_lightning.models.families.sd3_latents import sd3_velocity
-from draft_lightning.models.families.sd3_text import SD3PromptEncoder
+from draft_lightning.samplers.conditioning import Conditioning
 from draft_lightning.samplers.flow_match_euler import (
+    FlowMatchEulerSampler,
     euler_step,
     flow_schedule,
     flux_base_sigmas,
@@ -24,17 +22,12 @@ from draft_lightning.samplers.flow_match_euler import (
     predict_x0,
     renoise,
 )
-from draft_lightning.samplers.guidance import guided_prediction
+from draft_lightning.samplers.settings import SamplingSettings
 from draft_lightning.testing.tiny_flux import (
     FLUX_DEV_SCHEDULER_CONFIG,
     FLUX_SCHNELL_SCHEDULER_CONFIG,
-    tiny_flux_path,
-    tiny_flux_schnell_path,
 )
-from draft_lightning.testing.tiny_sd3 import SD3_SCHEDULER_CONFIG, tiny_sd3_path
-
-PROMPTS = ["a misty mountain valley at sunrise", "a yellow triangle"]
-STEPS = 3
+from draft_lightning.testing.tiny_sd3 import SD3_SCHEDULER_CONFIG
 
 
 def static_shift(sigma, shift: float):
@@ -136,80 +129,67 @@ def test_renoise_equals_scale_noise_and_predict_x0_inverts_it() -> None:
     assert torch.equal(both[0], x0[0]) and torch.equal(both[1], eps[1])
 
 
-def load(cls, folder):
-    pipe = cls.from_pretrained(folder)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def linear_velocity(denoiser, latents, timestep, inputs):
+    """A made-up 'model': v = w * latents + c * timestep / 1000 (per row)."""
+    t = torch.as_tensor(timestep).reshape(-1, 1, 1, 1) / 1000
+    return denoiser.weight * latents + inputs["c"].view(-1, 1, 1, 1) * t
 
 
-def sample(denoiser, x: torch.Tensor, schedule, conditioning, guidance: float) -> torch.Tensor:
-    """The plain no-grad Euler loop the lead's sampler will wrap."""
+def make_sampler(steps: int = 4, guidance: float = 1.0) -> FlowMatchEulerSampler:
+    denoiser = torch.nn.Module()
+    denoiser.weight = torch.nn.Parameter(torch.tensor(0.3))
+    settings = SamplingSettings(num_steps=steps, guidance_scale=guidance, resolution=8)
+    return FlowMatchEulerSampler(
+        denoiser, linear_velocity, flow_schedule(SD3_SCHEDULER_CONFIG, steps), settings
+    )
+
+
+def test_the_sampler_steps_and_predicts_x0_with_the_schedule() -> None:
+    sampler = make_sampler()
+    schedule = flow_schedule(SD3_SCHEDULER_CONFIG, 4)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 4, 4, generator=g)
+    text = Conditioning({"c": torch.tensor([1.0, -1.0])})
     with torch.no_grad():
-        for i, t in enumerate(schedule.timesteps):
-            v = guided_prediction(denoiser, x, t, conditioning, guidance)
-            x = euler_step(x, v, schedule.sigmas[i], schedule.sigmas[i + 1])
-    return x
+        result = sampler.sample(x, text, grad_from=4, stop=2)
+    expected = x
+    for i in range(2):
+        v = linear_velocity(sampler.denoiser, expected, schedule.timesteps[i], text.cond)
+        previous, expected = (
+            expected,
+            euler_step(expected, v, schedule.sigmas[i], schedule.sigmas[i + 1]),
+        )
+    assert torch.equal(result.latents, expected)
+    assert torch.equal(result.pred_x0, predict_x0(previous, v, schedule.sigmas[1]))
+    assert sampler.num_steps == 4 and torch.equal(sampler.timestep(1, x), schedule.timesteps[1])
+    eps = torch.randn(x.shape, generator=g)
+    assert torch.equal(sampler.renoise(x, eps, 2), renoise(x, eps, schedule.sigmas[2]))
 
 
-@pytest.mark.parametrize(
-    ("variant", "guidance", "size"),
-    [("dev", 3.5, (16, 16)), ("dev", 3.5, (16, 32)), ("schnell", 0.0, (16, 16))],
-    ids=["dev-32x32px", "dev-32x64px", "schnell-32x32px"],
-)
-def test_flux_loop_equals_flux_pipeline(variant: str, guidance: float, size) -> None:
-    pipe = load(FluxPipeline, tiny_flux_path() if variant == "dev" else tiny_flux_schnell_path())
-    encoder = FluxPromptEncoder.from_pipeline(pipe)
-    height, width = size
-    x_t = torch.randn(2, 16, height, width, generator=torch.Generator().manual_seed(3))
-    expected = pipe(
-        PROMPTS,
-        height=2 * height,  # pixels: the tiny VAE halves each side
-        width=2 * width,
-        num_inference_steps=STEPS,
-        guidance_scale=guidance,
-        latents=pack_latents(x_t),
-        output_type="latent",
-    ).images
-    schedule = flow_schedule(
-        pipe.scheduler.config,
-        STEPS,
-        base_sigmas=flux_base_sigmas(STEPS),
-        image_seq_len=image_seq_len(height, width),
-    )
-    assert torch.equal(schedule.sigmas, pipe.scheduler.sigmas)
-    assert torch.equal(schedule.timesteps, pipe.scheduler.timesteps)
-    conditioning = encoder.condition(PROMPTS, guidance)
-    ours = sample(
-        functools.partial(flux_velocity, pipe.transformer), x_t, schedule, conditioning, guidance
-    )
-    torch.testing.assert_close(pack_latents(ours), expected, rtol=0, atol=1e-5)
-    assert (ours - x_t).abs().max() > 0.1  # the loop moved the latents
+def test_recover_x0_is_exact_for_the_true_velocity_at_any_level() -> None:
+    """With v = eps - x0 (the velocity the model is trained to predict), stepping from any
+    level sigma to any sigma_next and removing the known noise gives x0 back."""
+    sampler = make_sampler()
+    g = torch.Generator().manual_seed(1)
+    x0, eps = torch.randn(2, 2, 16, 4, 4, generator=g)
+    sigma = sampler.snap_level(torch.tensor([0.9, 0.35]))
+    x = sampler.noise_to_level(x0, eps, sigma)
+    torch.testing.assert_close(x[1], 0.65 * x0[1] + 0.35 * eps[1])
+    for sigma_next in (torch.tensor([0.0, 0.0]), torch.tensor([0.5, 0.1])):
+        recovered = sampler.recover_x0(x, eps - x0, eps, sigma, sigma_next)
+        torch.testing.assert_close(recovered, x0, rtol=1e-5, atol=1e-5)
+    timestep = sampler.level_timestep(sigma, x)
+    torch.testing.assert_close(timestep, torch.tensor([900.0, 350.0]))
+    # A wrong velocity is not hidden by the recovery: its error shows, scaled.
+    wrong = sampler.recover_x0(x, eps - x0 + 1.0, eps, sigma, torch.zeros(2))
+    torch.testing.assert_close(wrong - x0, -sigma.view(-1, 1, 1, 1).expand_as(x0))
 
 
-@pytest.mark.parametrize("size", [(16, 16), (16, 32)], ids=["32x32px", "32x64px"])
-def test_sd3_loop_with_guidance_equals_sd3_pipeline(size) -> None:
-    pipe = load(StableDiffusion3Pipeline, tiny_sd3_path())
-    encoder = SD3PromptEncoder.from_pipeline(pipe)
-    guidance = 5.0
-    height, width = size
-    x_t = torch.randn(2, 16, height, width, generator=torch.Generator().manual_seed(4))
-    expected = pipe(
-        PROMPTS,
-        height=2 * height,
-        width=2 * width,
-        num_inference_steps=STEPS,
-        guidance_scale=guidance,
-        latents=x_t,
-        output_type="latent",
-    ).images
-    schedule = flow_schedule(pipe.scheduler.config, STEPS)
-    assert torch.equal(schedule.sigmas, pipe.scheduler.sigmas)
-    assert torch.equal(schedule.timesteps, pipe.scheduler.timesteps)
-    conditioning = encoder.condition(PROMPTS, guidance)
-    assert conditioning.uncond is not None
-    denoiser = functools.partial(sd3_velocity, pipe.transformer)
-    ours = sample(denoiser, x_t, schedule, conditioning, guidance)
-    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
-    # Guidance is in play: without it the same loop ends elsewhere.
-    unguided = sample(denoiser, x_t, schedule, encoder.condition(PROMPTS, 1.0), 1.0)
-    assert (unguided - expected).abs().max() > 1e-3
+def test_per_row_timesteps_are_batched_with_the_uncond_rows() -> None:
+    sampler = make_sampler(guidance=2.0)
+    x = torch.ones(2, 16, 2, 2)
+    text = Conditioning({"c": torch.tensor([1.0, 2.0])}, {"c": torch.zeros(2)})
+    with torch.no_grad():
+        guided = sampler.predict_at_level(x, torch.tensor([0.5, 1.0]), text)
+    cond = 0.3 * x + torch.tensor([0.5, 2.0]).view(-1, 1, 1, 1)
+    torch.testing.assert_close(guided, 0.3 * x + 2.0 * (cond - 0.3 * x))

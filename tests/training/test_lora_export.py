@@ -56,6 +56,18 @@ def test_export_round_trip_through_diffusers_pipeline(trained, tiny_sd):
     torch.testing.assert_close(unet_output(pipe.unet), ours, rtol=1e-5, atol=1e-5)
 
 
+def test_exported_metadata_lists_the_targets_in_a_fixed_order(tiny_sd, tmp_path):
+    """peft keeps the targets as a set (ordered by PYTHONHASHSEED); the file must not."""
+    from safetensors import safe_open
+
+    targets = ("to_v", "proj_in", "to_q", "to_out.0", "proj_out", "to_k")
+    module = make_module(lora=LoraSettings(rank=2, target_modules=targets))
+    folder = module.pipeline.save_lora(tmp_path / "lora")
+    with safe_open(folder / LORA_WEIGHTS_NAME, "pt") as file:
+        metadata = json.loads(file.metadata()["lora_adapter_metadata"])
+    assert metadata["unet.target_modules"] == sorted(targets)
+
+
 def test_export_replaces_an_existing_folder_whole(trained, tmp_path):
     module, _ = trained
     target = tmp_path / "last"

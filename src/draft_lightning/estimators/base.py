@@ -24,6 +24,12 @@ class Estimator(ABC):
         """Decoded samples per prompt (DRaFT-LV scores several re-noised copies)."""
         return 1
 
+    @property
+    def steps_through_chain(self) -> bool:
+        """Whether the differentiated model calls are sampling steps (what DRaFT+'s penalty
+        observes); False for an estimator that calls the model off the chain."""
+        return True
+
     def check(self, num_steps: int) -> None:
         """Refuse settings that cannot work with `num_steps` sampling steps (before loading)."""
         return None

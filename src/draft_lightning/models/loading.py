@@ -10,19 +10,30 @@ from draft_lightning import registry
 from draft_lightning.errors import ConfigError
 from draft_lightning.hub import snapshot
 
-# Only what sampling needs: real repos also hold multi-GB single-file checkpoints, fp16 and
-# non-EMA variants, and .bin duplicates of the safetensors weights.
+# Only what sampling needs: real repos also hold multi-GB single-file checkpoints (FLUX.1-dev's
+# flux1-dev.safetensors, SD3.5's sd3.5_medium.safetensors), fp16 and non-EMA variants, and
+# .bin duplicates of the safetensors weights. Large parts come in shards with an index.
 HUB_PATTERNS = [
     "model_index.json",
     "*/config.json",
     "scheduler/*.json",
     "tokenizer/*",
-    "tokenizer_2/*",  # SDXL
+    "tokenizer_2/*",  # SDXL's second CLIP; FLUX.1's T5; SD3's CLIP-G
+    "tokenizer_3/*",  # SD3's T5
     "unet/diffusion_pytorch_model.safetensors",
+    "transformer/diffusion_pytorch_model.safetensors",  # SD3.5-Medium
+    "transformer/diffusion_pytorch_model-*-of-*.safetensors",  # FLUX.1, SD3.5-Large
+    "transformer/diffusion_pytorch_model.safetensors.index.json",
     "vae/diffusion_pytorch_model.safetensors",
     "text_encoder/model.safetensors",
-    "text_encoder_2/model.safetensors",  # SDXL
+    "text_encoder_2/model.safetensors",  # SDXL's and SD3's second CLIP
+    "text_encoder_2/model-*-of-*.safetensors",  # FLUX.1's T5-XXL
+    "text_encoder_2/model.safetensors.index.json",
+    "text_encoder_3/model-*-of-*.safetensors",  # SD3's T5-XXL
+    "text_encoder_3/model.safetensors.index.json",
 ]
+# Repos that download only after their licence is accepted on the hub page (logged in).
+GATED_REPOS = ("black-forest-labs/FLUX.1-dev", "stabilityai/stable-diffusion-3")
 # A stand-alone VAE repo (e.g. madebyollin/sdxl-vae-fp16-fix) keeps its files at the top.
 VAE_HUB_PATTERNS = ["config.json", "diffusion_pytorch_model.safetensors"]
 
@@ -42,7 +53,21 @@ def resolve_pretrained(name: str) -> Path:
             "'CompVis/stable-diffusion-v1-4'"
         )
     return snapshot(
-        name, "model.pretrained_model", HUB_PATTERNS, instead="a local diffusers folder"
+        name,
+        "model.pretrained_model",
+        HUB_PATTERNS,
+        instead="a local diffusers folder",
+        note=gated_note(name),
+    )
+
+
+def gated_note(repo_id: str) -> str:
+    """What to do first for a gated repo (empty for an open one)."""
+    if not repo_id.startswith(GATED_REPOS):
+        return ""
+    return (
+        f"{repo_id} is gated: accept its licence at https://huggingface.co/{repo_id} and log "
+        "in (`hf auth login`) first, then "
     )
 
 

@@ -153,14 +153,12 @@ def use_adapters(denoiser: nn.Module, names: Sequence[str], weights: Sequence[fl
 
 
 def lora_state_dict(denoiser: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
-    """The adapter's weights in diffusers' naming, float32 on the CPU. Weights sharded across
-    ranks (FSDP2) are gathered whole: a collective, so every rank must call this."""
-    from diffusers.utils import convert_state_dict_to_diffusers
+    """The adapter's weights (peft's names), float32 on the CPU. Weights sharded across ranks
+    (FSDP2) are gathered whole: a collective, so every rank must call this."""
     from peft.utils import get_peft_model_state_dict
 
     state = get_peft_model_state_dict(denoiser, adapter_name=adapter_name)
-    state = {k: full_tensor(v.detach()).float().cpu().contiguous() for k, v in state.items()}
-    return convert_state_dict_to_diffusers(state)
+    return {k: full_tensor(v.detach()).float().cpu().contiguous() for k, v in state.items()}
 
 
 def save_lora(
@@ -184,12 +182,22 @@ def save_lora(
     sees a half-written adapter.
     """
     import diffusers
+    from diffusers.utils import convert_state_dict_to_diffusers
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     if state is None:
         state = lora_state_dict(denoiser, adapter_name)
     metadata = denoiser.peft_config[adapter_name].to_dict()
+    # peft keeps target_modules as a set, whose order changes with PYTHONHASHSEED: sorted, two
+    # exports of the same adapter carry the same metadata.
+    if isinstance(metadata.get("target_modules"), set | list | tuple):
+        metadata["target_modules"] = sorted(metadata["target_modules"])
+    if component == "unet":  # UNet LoRA files use diffusers' own names (lora.down/up)
+        state = convert_state_dict_to_diffusers(state)
+    # Transformer families keep peft's lora_A/lora_B names, as diffusers' own FLUX and SD3
+    # LoRA scripts save them: converted, only the to_q/k/v/out keys are renamed and SD3's
+    # loader then drops those layers.
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
         getattr(diffusers, pipeline_class).save_lora_weights(

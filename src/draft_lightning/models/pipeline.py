@@ -5,6 +5,8 @@ weights load; DraftModule and the DDPO baseline both compose it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -46,6 +48,7 @@ class PipelineOptions:
     merge_lora_without_grad: bool | None = None
     compile_denoiser: bool = False
     channels_last: bool = False
+    offload_text_encoders: bool = False
     prompt_embedding_cache: str | None = None
     family_options: dict[str, Any] = field(default_factory=dict)
 
@@ -66,7 +69,13 @@ class Pipeline(nn.Module):
     ) -> None:
         super().__init__()
         self.family = family
-        self.prompt_encoder = prompt_encoder
+        self.offload_text_encoders = options.offload_text_encoders
+        if self.offload_text_encoders:
+            # Not a registered submodule, so moving the pipeline (Lightning's .to(device))
+            # leaves the frozen encoders on the CPU; `condition` brings them over per call.
+            object.__setattr__(self, "prompt_encoder", prompt_encoder.to("cpu"))
+        else:
+            self.prompt_encoder = prompt_encoder
         self.denoiser = denoiser
         self.vae = vae
         self.sampler = sampler
@@ -77,8 +86,13 @@ class Pipeline(nn.Module):
         self.checkpoint_blocks = bool(options.checkpoint_blocks)
 
     def condition(self, prompts: list[str]) -> Conditioning:
-        """The prompts' (frozen, no-grad) conditioning at the configured guidance."""
-        return self.prompt_encoder.condition(prompts, self.settings.guidance_scale)
+        """The prompts' (frozen, no-grad) conditioning at the configured guidance: one pass
+        of the text encoders per batch. With `offload_text_encoders` they visit the
+        denoiser's device for that pass and go back to the CPU (large T5s take GBs)."""
+        if not self.offload_text_encoders:
+            return self.prompt_encoder.condition(prompts, self.settings.guidance_scale)
+        with visiting(self.prompt_encoder, self.device):
+            return self.prompt_encoder.condition(prompts, self.settings.guidance_scale)
 
     @property
     def caches_prompts(self) -> bool:
@@ -174,6 +188,16 @@ class Pipeline(nn.Module):
         lora.use_adapters(self.denoiser, names, weights)
 
 
+@contextmanager
+def visiting(module: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """`module` on `device` inside the block and back on the CPU after it."""
+    module.to(device)
+    try:
+        yield module
+    finally:
+        module.to("cpu")
+
+
 def load_pipeline(
     pretrained_model: str,
     settings: SamplingSettings,
@@ -195,17 +219,13 @@ def load_pipeline(
     upcast_vae = options.upcast_vae
     if upcast_vae is None:
         upcast_vae = options.frozen_dtype == "float16" and bool(configs["vae"].get("force_upcast"))
-    factor = family.vae_scale_factor(configs["vae"])
-    if settings.resolution % factor:
-        raise ConfigError(
-            f"sampling.resolution={settings.resolution} is not divisible by the VAE's "
-            f"downsampling factor {factor}"
-        )
-    targets = lora_settings.target_modules or family.lora_targets
+    family.check_sampling(configs, settings)
+    default_targets = family.default_lora_targets(configs)
+    targets = lora_settings.target_modules or default_targets
     lora.check_targets(
         family.skeleton(configs),
         targets,
-        f"{family.display_name}: {', '.join(family.lora_targets)}",
+        f"{family.display_name}: {', '.join(default_targets)}",
     )
 
     dtype = DTYPES[options.frozen_dtype]

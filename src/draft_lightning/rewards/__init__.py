@@ -11,6 +11,7 @@ from draft_lightning.rewards.hpsv2 import HPSv2Reward
 from draft_lightning.rewards.pickscore import PickScoreReward
 from draft_lightning.rewards.pixel import Brightness, Colorfulness, JPEGCompressibility
 from draft_lightning.rewards.preprocess import ImageTransform
+from draft_lightning.rewards.relative import RelativeReward
 from draft_lightning.rewards.weighted import WeightedSum
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "ImageTransform",
     "JPEGCompressibility",
     "PickScoreReward",
+    "RelativeReward",
     "Reward",
     "WeightedSum",
 ]

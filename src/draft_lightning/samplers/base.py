@@ -116,6 +116,47 @@ class Sampler(ABC):
     def renoise(self, x0: torch.Tensor, noise: torch.Tensor, index: int) -> torch.Tensor:
         """The forward process: a clean sample noised to the level step `index` starts from."""
 
+    # --- continuous noise levels (Direct-Align) -------------------------------------------
+    # A level is the flow-matching noise fraction sigma in [0, 1]: a latent at level sigma is
+    # (1 - sigma) * x0 + sigma * eps up to a scale. Kinds that can call their denoiser at any
+    # level (not only at the chain's steps) supply these four.
+
+    def snap_level(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The nearest level this sampler's denoiser can be called at (per row)."""
+        raise NotImplementedError(f"{type(self).__name__} has no continuous noise levels")
+
+    def level_timestep(self, sigma: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """The timesteps the denoiser is given at (snapped) levels `sigma`, one per row."""
+        raise NotImplementedError(f"{type(self).__name__} has no continuous noise levels")
+
+    def noise_to_level(
+        self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor
+    ) -> torch.Tensor:
+        """The forward process: clean latents noised to (snapped) levels `sigma`, per row."""
+        raise NotImplementedError(f"{type(self).__name__} has no continuous noise levels")
+
+    def recover_x0(
+        self,
+        latents: torch.Tensor,
+        prediction: torch.Tensor,
+        noise: torch.Tensor,
+        sigma: torch.Tensor,
+        sigma_next: torch.Tensor,
+    ) -> torch.Tensor:
+        """Direct-Align's clean latent: one step of the model's prediction from level `sigma`
+        to `sigma_next`, then the noise still left at `sigma_next` (known: `noise` made the
+        latent) removed in closed form."""
+        raise NotImplementedError(f"{type(self).__name__} has no continuous noise levels")
+
+    def predict_at_level(
+        self, latents: torch.Tensor, sigma: torch.Tensor, text: Conditioning
+    ) -> torch.Tensor:
+        """The guided prediction at (snapped) levels `sigma`, checkpointed when differentiated."""
+        timestep = self.level_timestep(sigma, latents)
+        if torch.is_grad_enabled() and self.gradient_checkpointing:
+            return checkpoint(self.guided_at, latents, timestep, text, use_reentrant=False)
+        return self.guided_at(latents, timestep, text)
+
     # --- the shared machinery ------------------------------------------------------------
 
     @contextmanager
@@ -135,12 +176,19 @@ class Sampler(ABC):
 
     def guided(self, latents: torch.Tensor, index: int, text: Conditioning) -> torch.Tensor:
         """Classifier-free guidance with cond and uncond in one batch, or one plain call."""
-        timestep = self.timestep(index, latents)
+        return self.guided_at(latents, self.timestep(index, latents), text)
+
+    def guided_at(
+        self, latents: torch.Tensor, timestep: torch.Tensor, text: Conditioning
+    ) -> torch.Tensor:
+        """`guided` at a timestep given directly (one value, or one per row)."""
         denoiser = self.denoiser
         if self.compiled is not None and not torch.is_grad_enabled():
             denoiser = self.compiled
         if text.uncond is None:
             return self.call(denoiser, latents, timestep, text.cond)
+        if timestep.dim() == 1:  # one per row: the uncond rows take the same ones
+            timestep = torch.cat([timestep, timestep])
         both = self.call(
             denoiser, torch.cat([latents, latents]), timestep, text.with_uncond_first()
         )

@@ -162,6 +162,65 @@ class DDIMSampler(Sampler):
     def renoise(self, x0: torch.Tensor, noise: torch.Tensor, index: int) -> torch.Tensor:
         return self.scheduler.add_noise(x0, noise, torch.tensor([self.timesteps[index]]))
 
+    # --- continuous noise levels (Direct-Align) ---------------------------------------------
+    # A latent at training timestep t is sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, i.e. up to a
+    # scale the flow-matching latent at sigma_t = sqrt(1 - abar_t) / (sqrt(abar_t) +
+    # sqrt(1 - abar_t)). The UNet knows only the 1000 training timesteps, so a level snaps
+    # to the nearest sigma_t; level 0 (a target only, never a call) is the clean latent.
+
+    def training_levels(self) -> torch.Tensor:
+        """sigma_t for t = 0 .. num_train_timesteps - 1 (float32, increasing)."""
+        abar = self.scheduler.alphas_cumprod.to(torch.float64)
+        signal, noise = abar.sqrt(), (1 - abar).sqrt()
+        return (noise / (signal + noise)).float()
+
+    def _nearest_timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        levels = self.training_levels()
+        return (sigma.float().cpu()[:, None] - levels[None]).abs().argmin(dim=1)
+
+    def snap_level(self, sigma: torch.Tensor) -> torch.Tensor:
+        snapped = self.training_levels()[self._nearest_timestep(sigma)]
+        return torch.where(sigma.float().cpu() <= 0, 0.0, snapped)
+
+    def level_timestep(self, sigma: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        return self._nearest_timestep(sigma).to(latents.device)
+
+    def _signal_and_noise(self, sigma: torch.Tensor, like: torch.Tensor):
+        """sqrt(abar), sqrt(1 - abar) of (snapped) levels, per row, shaped to broadcast."""
+        abar = self.scheduler.alphas_cumprod[self._nearest_timestep(sigma)]
+        abar = torch.where(sigma.float().cpu() <= 0, 1.0, abar)  # level 0: the clean latent
+        shape = (-1, *([1] * (like.dim() - 1)))
+        abar = abar.to(device=like.device, dtype=like.dtype).view(shape)
+        return abar.sqrt(), (1 - abar).sqrt()
+
+    def noise_to_level(
+        self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor
+    ) -> torch.Tensor:
+        signal, scale = self._signal_and_noise(sigma, x0)
+        return signal * x0 + scale * noise
+
+    def recover_x0(
+        self,
+        latents: torch.Tensor,
+        prediction: torch.Tensor,
+        noise: torch.Tensor,
+        sigma: torch.Tensor,
+        sigma_next: torch.Tensor,
+    ) -> torch.Tensor:
+        """x0_hat + (b'/a') (eps_hat - eps): the DDIM (eta 0) step to level `sigma_next`,
+        a' x0_hat + b' eps_hat, with its known noise b' eps removed. Unclipped x0_hat."""
+        signal, scale = self._signal_and_noise(sigma, latents)
+        kind = self.scheduler.config.prediction_type
+        if kind == "epsilon":
+            x0, eps = (latents - scale * prediction) / signal, prediction
+        elif kind == "v_prediction":
+            x0 = signal * latents - scale * prediction
+            eps = signal * prediction + scale * latents
+        else:  # "sample"
+            x0, eps = prediction, (latents - signal * prediction) / scale
+        signal_next, scale_next = self._signal_and_noise(sigma_next, latents)
+        return x0 + scale_next / signal_next * (eps - noise)
+
     def transition(
         self, prediction: torch.Tensor, index: int, latents: torch.Tensor
     ) -> DDIMTransition:

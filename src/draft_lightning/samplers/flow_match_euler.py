@@ -1,5 +1,5 @@
-"""Flow matching (SD3 / SD3.5, FLUX.1) as stateless functions: schedule, Euler step,
-re-noising and the x0 prediction.
+"""Flow matching (SD3 / SD3.5, FLUX.1): stateless schedule, Euler step, re-noising and x0
+prediction, and the sampler with a gradient window built from them.
 
 diffusers' convention: x_sigma = (1 - sigma) * x0 + sigma * eps with sigma from 1 (noise) to
 0 (image); the model predicts the velocity v ~ eps - x0 and one Euler step is
@@ -17,6 +17,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
+from draft_lightning.randomness import StepRandomness
+from draft_lightning.samplers.base import DenoiserCall, Sampler, SampleResult
+from draft_lightning.samplers.settings import SamplingSettings
 
 
 @dataclass(frozen=True)
@@ -119,3 +124,84 @@ def renoise(x0: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor | float) ->
 def predict_x0(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
     """The clean latent the velocity points to: x - sigma * v."""
     return x - _per_sample(sigma, x, x.dtype) * v
+
+
+class FlowMatchEulerSampler(Sampler):
+    """Euler steps on a flow matching schedule, with the gradient window of samplers/base.py.
+
+    The model's (guided) output is the velocity v; step i goes from sigma_i to sigma_{i+1}
+    (the last to 0), its x0 prediction is x - sigma_i v, and re-noising for step i is the
+    forward process at sigma_i. Latents keep their dtype between steps (float32 noise stays
+    float32 under mixed precision); in float32 every step equals the scheduler's bit for bit.
+
+    Args:
+        schedule: the levels and timesteps the family's pipeline samples with (`flow_schedule`).
+        num_train_timesteps: the scheduler's timestep scale (timestep = sigma * this).
+    """
+
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        call: DenoiserCall,
+        schedule: FlowSchedule,
+        settings: SamplingSettings,
+        num_train_timesteps: int = 1000,
+        **options,
+    ) -> None:
+        super().__init__(denoiser, call, settings, **options)
+        self.schedule = schedule
+        self.num_train_timesteps = num_train_timesteps
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.schedule)
+
+    def sigma(self, index: int) -> torch.Tensor:
+        """The level step `index` starts from (float32, 0-dim); index num_steps is 0."""
+        return self.schedule.sigmas[index]
+
+    def timestep(self, index: int, latents: torch.Tensor) -> torch.Tensor:
+        return self.schedule.timesteps[index].to(latents.device)
+
+    def update(
+        self,
+        latents: torch.Tensor,
+        index: int,
+        prediction: torch.Tensor,
+        rng: StepRandomness | None,
+        copies: int,
+    ) -> SampleResult:
+        v = prediction.to(latents.dtype)
+        sigma = self.sigma(index)
+        return SampleResult(
+            euler_step(latents, v, sigma, self.sigma(index + 1)), predict_x0(latents, v, sigma)
+        )
+
+    def renoise(self, x0: torch.Tensor, noise: torch.Tensor, index: int) -> torch.Tensor:
+        return renoise(x0, noise, self.sigma(index))
+
+    # Any level in [0, 1] is a level the transformer was trained on.
+
+    def snap_level(self, sigma: torch.Tensor) -> torch.Tensor:
+        return sigma.to(torch.float32).clamp(0.0, 1.0)
+
+    def level_timestep(self, sigma: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        return (sigma.to(torch.float32) * self.num_train_timesteps).to(latents.device)
+
+    def noise_to_level(
+        self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor
+    ) -> torch.Tensor:
+        return renoise(x0, noise, sigma.to(x0.device))
+
+    def recover_x0(
+        self,
+        latents: torch.Tensor,
+        prediction: torch.Tensor,
+        noise: torch.Tensor,
+        sigma: torch.Tensor,
+        sigma_next: torch.Tensor,
+    ) -> torch.Tensor:
+        sigma, sigma_next = sigma.to(latents.device), sigma_next.to(latents.device)
+        stepped = euler_step(latents, prediction.to(latents.dtype), sigma, sigma_next)
+        left = _per_sample(sigma_next, latents, latents.dtype)
+        return (stepped - left * noise) / (1.0 - left)

@@ -279,6 +279,6 @@ def test_family_mismatches_are_refused_before_weights_load(tiny_sd, tmp_path):
         SDXLConditioning(target_size=(64, -1))
     folder = tmp_path / "other"
     folder.mkdir()
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
-    with pytest.raises(ConfigError, match="FluxPipeline, which draft_lightning does not train"):
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "QwenImagePipeline"}))
+    with pytest.raises(ConfigError, match="QwenImagePipeline, which draft_lightning does not"):
         make_module(pretrained_model=str(folder))

@@ -64,6 +64,19 @@ class ModelFamily(ABC):
         """Refuse, from configs alone, settings this family cannot use."""
         return None
 
+    def check_sampling(self, configs: dict[str, dict], settings: SamplingSettings) -> None:
+        """Refuse, from configs alone, sampling settings this model cannot use."""
+        factor = self.vae_scale_factor(configs["vae"])
+        if settings.resolution % factor:
+            raise ConfigError(
+                f"sampling.resolution={settings.resolution} is not divisible by the VAE's "
+                f"downsampling factor {factor}"
+            )
+
+    def default_lora_targets(self, configs: dict[str, dict]) -> tuple[str, ...]:
+        """The adapter's target modules when lora.target_modules is not set."""
+        return self.lora_targets
+
     def skeleton(self, configs: dict[str, dict]) -> nn.Module:
         """The denoiser built on the meta device: its module names, no memory."""
         import diffusers
