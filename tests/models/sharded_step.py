@@ -12,19 +12,21 @@ from pathlib import Path
 import torch
 
 PROMPTS = ["a red cube", "a cat", "a blue sphere on grass", "an astronaut riding a horse"]
-# (case, estimator, frozen dtype, mesh): DRaFT-K with two differentiated steps and DRaFT-LV,
-# in float32, sharded over both ranks; DRaFT-LV on a bfloat16 base under autocast with
-# float32 LoRA weights; and DRaFT-LV on a (2 replicas x 1) mesh, HSDP's replication path.
+# (case, model, estimator, frozen dtype, mesh) on the tiny FLUX.1-dev: DRaFT-K with two
+# differentiated steps and DRaFT-LV in float32, sharded over both ranks; DRaFT-LV on a bfloat16
+# base under autocast with float32 LoRA weights; DRaFT-LV on a (2 replicas x 1) mesh, HSDP's
+# replication path. And DRaFT-LV on the tiny SDXL, whose UNet blocks are sharded differently.
 CASES = [
-    ("draft_k", "DraftK", "float32", "shard"),
-    ("draft_lv", "DraftLV", "float32", "shard"),
-    ("draft_lv_bf16", "DraftLV", "bfloat16", "shard"),
-    ("draft_lv_hybrid", "DraftLV", "float32", "hybrid"),
+    ("flux_draft_k", "tiny:flux", "DraftK", "float32", "shard"),
+    ("flux_draft_lv", "tiny:flux", "DraftLV", "float32", "shard"),
+    ("flux_draft_lv_bf16", "tiny:flux", "DraftLV", "bfloat16", "shard"),
+    ("flux_draft_lv_hybrid", "tiny:flux", "DraftLV", "float32", "hybrid"),
+    ("sdxl_draft_lv", "tiny:sdxl", "DraftLV", "float32", "shard"),
 ]
 
 
-def build(estimator: str, frozen_dtype: str):
-    """The tiny SDXL with a reward that has weights (a tiny CLIP aesthetic predictor), LoRA B
+def build(model: str, estimator: str, frozen_dtype: str):
+    """A tiny model with a reward that has weights (a tiny CLIP aesthetic predictor), LoRA B
     made non-zero so every LoRA weight has a non-trivial gradient; identical in every process."""
     from draft_lightning import estimators
     from draft_lightning.models.sharding import ShardingSettings
@@ -37,9 +39,9 @@ def build(estimator: str, frozen_dtype: str):
         reward=AestheticReward(
             head="tiny:aesthetic", clip_model="tiny:clip", clip_pretrained="tiny:clip"
         ),
-        pretrained_model="tiny:sdxl",
+        pretrained_model=model,
         estimator=estimators.DraftK(k=2) if estimator == "DraftK" else estimators.DraftLV(n=2),
-        sampling=SamplingSettings(num_steps=4, guidance_scale=3.0, resolution=32),
+        sampling=SamplingSettings(num_steps=4, guidance_scale=3.5, resolution=32),
         frozen_dtype=frozen_dtype,
         sharding=ShardingSettings(vae="shard", reward="shard"),
     )
@@ -75,7 +77,7 @@ def main(out: Path) -> None:
     # Build before the process group exists: once torch.distributed is initialised,
     # transformers' save_pretrained writes nothing on ranks > 0, so a tiny model built on
     # first use there would be incomplete.
-    modules = {case: build(estimator, dtype) for case, estimator, dtype, _ in CASES}
+    modules = {case: build(model, estimator, dtype) for case, model, estimator, dtype, _ in CASES}
     dist.init_process_group("gloo")
     rank, world_size = dist.get_rank(), dist.get_world_size()
     meshes = {
@@ -84,7 +86,7 @@ def main(out: Path) -> None:
     }
     local = len(PROMPTS) // world_size
     prompts = PROMPTS[rank * local : (rank + 1) * local]
-    for case, _, dtype, mesh in CASES:
+    for case, _, _, dtype, mesh in CASES:
         module = modules[case]
         module.shard(meshes[mesh])
         grads = gradients(module, prompts, rank, world_size, bf16=dtype == "bfloat16")

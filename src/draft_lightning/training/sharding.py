@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
+from lightning.pytorch.utilities import rank_zero_info
 
 from draft_lightning.cache import atomic_folder
 from draft_lightning.errors import ConfigError
@@ -91,6 +92,7 @@ class ShardedStrategy(ModelParallelStrategy):
                 )
             if size == world:
                 self._shard_mesh = self.device_mesh["data_parallel"]
+                rank_zero_info(f"ShardedStrategy: the model sharded over all {world} ranks")
             else:
                 from torch.distributed.device_mesh import init_device_mesh
 
@@ -98,6 +100,10 @@ class ShardedStrategy(ModelParallelStrategy):
                     self.root_device.type,
                     (world // size, size),
                     mesh_dim_names=("replicate", "shard"),
+                )
+                rank_zero_info(
+                    f"ShardedStrategy: {world // size} replicas of the model, each sharded "
+                    f"over {size} rank(s) (HSDP)"
                 )
         return self._shard_mesh
 
