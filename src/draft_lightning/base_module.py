@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 
 from draft_lightning.errors import ConfigError
 from draft_lightning.evaluation.evaluator import Evaluator
@@ -22,9 +23,17 @@ from draft_lightning.evaluation.generation import generate
 from draft_lightning.models.families.sdxl import SDXLConditioning
 from draft_lightning.models.lora import LoraSettings
 from draft_lightning.models.pipeline import PipelineOptions, load_pipeline
+from draft_lightning.models.sharding import (
+    ShardingSettings,
+    full_tensor,
+    is_sharded,
+    shard_module,
+    unsharded_parameters,
+)
 from draft_lightning.randomness import StepRandomness, gather_rng_states, restore_rng_states
 from draft_lightning.rewards import Reward
 from draft_lightning.samplers.settings import SamplingSettings
+from draft_lightning.training.sharding import data_parallel_mesh
 
 # The frozen text encoder, VAE, denoiser and reward stay in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
@@ -59,7 +68,8 @@ class RewardFineTuningModule(LightningModule):
             decoder (diffusers' gradient checkpointing), so a backward recompute holds one
             block's activations instead of a whole call's: about half the peak memory, for one
             more forward per differentiated step (docs/benchmarks.md). The decode then uses
-            only the block checkpoints.
+            only the block checkpoints. None (default) means on under the sharded strategy
+            and off otherwise.
         merge_lora_without_grad: run the sampling steps taken without gradient (DRaFT-K's
             prefix, validation and predict) with the LoRA update merged into the base weights
             (restored exactly afterwards): two fewer matmuls per adapted layer per call, 2-9%
@@ -83,6 +93,13 @@ class RewardFineTuningModule(LightningModule):
         pretrained_vae: a replacement VAE (folder or hub id), e.g.
             madebyollin/sdxl-vae-fp16-fix, which decodes in float16 without overflowing.
         sdxl_conditioning: SDXL's size/crop micro-conditioning (SDXL models only).
+        sharding: what is sharded besides the denoiser under the sharded strategy
+            (`--trainer.strategy sharded`; docs/sharding.md); ignored under DDP.
+        prompt_embedding_cache: a folder keeping the prompts' text embeddings on disk
+            (safetensors, keyed by model and prompt). At the start of a run the embeddings of
+            every prompt of the data module's sources that the folder lacks are computed (the
+            text encoders load for that, then are freed); a run whose prompts are all there
+            never builds the text encoders. None: encode with the text encoders every step.
         seed: seeds the per-step noise generators (with the global step and the rank).
         lora_scale: strength of the trained adapter when generating for predict, validate and
             test (any real number: 0 is the base model, above 1 extrapolates).
@@ -103,7 +120,7 @@ class RewardFineTuningModule(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         gradient_checkpointing: bool = True,
         checkpoint_decode: bool = True,
-        checkpoint_blocks: bool = False,
+        checkpoint_blocks: bool | None = None,
         merge_lora_without_grad: bool | None = None,
         compile_unet: bool = False,
         channels_last: bool = False,
@@ -112,6 +129,8 @@ class RewardFineTuningModule(LightningModule):
         upcast_vae: bool | None = None,
         pretrained_vae: str | None = None,
         sdxl_conditioning: SDXLConditioning = SDXLConditioning(),  # noqa: B008 - frozen
+        sharding: ShardingSettings = ShardingSettings(),  # noqa: B008 - frozen dataclass
+        prompt_embedding_cache: str | None = None,
         seed: int = 0,
         lora_scale: float = 1.0,
         adapters: list[str] | None = None,
@@ -141,11 +160,13 @@ class RewardFineTuningModule(LightningModule):
             compile_denoiser=compile_unet,
             channels_last=channels_last,
             offload_text_encoders=offload_text_encoders,
+            prompt_embedding_cache=prompt_embedding_cache,
             family_options={"sdxl_conditioning": sdxl_conditioning},
         )
         self.pipeline = load_pipeline(pretrained_model, sampling, lora, options)
         self.sampler = self.pipeline.sampler
         self.reward = reward.freeze()
+        self.sharding = sharding
         self.evaluator = Evaluator(reward.part_names, category_field)
         self.eval_history: list[tuple[int, dict[str, float]]] = []
         self.last_evaluation: dict | None = None  # all ranks' samples, for image callbacks
@@ -165,6 +186,46 @@ class RewardFineTuningModule(LightningModule):
 
     def check_arguments(self, sampling: SamplingSettings) -> None:
         """A method's checks of its own arguments, run before any weights load."""
+
+    # --- placement: the prompt embedding cache, sharding -------------------------------------
+
+    def setup(self, stage: str) -> None:
+        """With `prompt_embedding_cache`: embed the data module's prompts the cache lacks (each
+        node's first rank writes; the others wait), before any weights move to the device."""
+        if self._trainer is None or not self.pipeline.caches_prompts:
+            return
+        prompts = getattr(self.trainer.datamodule, "all_prompts", None)
+        if prompts is None:  # not a PromptDataModule: a missing prompt fails in one line
+            return
+        if self.trainer.local_rank == 0:
+            encoded = self.pipeline.precompute_prompts(prompts(), self.trainer.strategy.root_device)
+            if encoded:
+                rank_zero_info(
+                    f"prompt_embedding_cache: embedded {encoded} prompts into "
+                    f"{self.pipeline.prompt_encoder.cache.folder} (text encoders freed)"
+                )
+        self.trainer.strategy.barrier("prompt_embedding_cache")
+
+    def configure_model(self) -> None:
+        """Under the sharded strategy, shard the denoiser block by block (and the VAE and the
+        reward where `sharding` says so) across the data-parallel ranks; otherwise nothing.
+        Lightning calls this before the optimiser is built, so it sees the sharded adapter."""
+        mesh = data_parallel_mesh(self._trainer)
+        if mesh is not None:
+            self.shard(mesh)
+
+    def shard(self, mesh) -> None:
+        """Shard across `mesh` (a 1-D device mesh of the data-parallel ranks); see
+        models/sharding.py. Every trainable weight must end up sharded."""
+        self.pipeline.shard(mesh, self.sharding)
+        if self.sharding.reward == "shard" and not is_sharded(self.reward):
+            shard_module(self.reward, mesh, forward_methods=("score", "image_features"))
+        left = unsharded_parameters(self)
+        if left:  # FSDP2 would not reduce their gradients: ranks would drift apart
+            raise ConfigError(
+                f"{len(left)} trainable weights are outside the sharded denoiser (e.g. "
+                f"{left[0]}): the sharded strategy trains the denoiser's adapter only"
+            )
 
     default_optimizer = staticmethod(paper_adamw)
 
@@ -318,7 +379,7 @@ class RewardFineTuningModule(LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad for p in self.trainable_parameters() if p.grad is not None]
         if grads:
-            norm = torch.nn.utils.get_total_norm(grads)
+            norm = full_tensor(torch.nn.utils.get_total_norm(grads))  # of every shard
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -335,26 +396,29 @@ class RewardFineTuningModule(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = {_current_name(k): v for k, v in checkpoint["state_dict"].items()}
         checkpoint["state_dict"] = state
-        # Loading is not strict (frozen weights are not in the file), so check here that the
-        # file holds every trained weight with its shape: otherwise a resume would silently
-        # start from a fresh adapter.
-        for name, parameter in self.named_parameters():
-            if not parameter.requires_grad:
-                continue
-            found = state.get(name)
-            if found is None or tuple(found.shape) != tuple(parameter.shape):
-                what = "missing" if found is None else f"of shape {tuple(found.shape)}"
-                raise ConfigError(
-                    f"ckpt_path: the checkpoint does not fit this model's adapter ({name} is "
-                    f"{what} in the file, {tuple(parameter.shape)} here): resume with the "
-                    f"model and lora settings it was trained with (lora.rank={self.lora.rank})"
-                )
+        self.check_trained_weights({name: tuple(value.shape) for name, value in state.items()})
         self.reward_queries = int(checkpoint.get("reward_queries", 0))
         self.base_reward = checkpoint.get("base_reward")
         states = checkpoint.get("rng_states")
         rank = self.global_rank
         if states is not None and rank < len(states):
             restore_rng_states(states[rank])
+
+    def check_trained_weights(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Refuse a checkpoint (given as weight name -> shape) that lacks a trained weight or
+        holds it in another shape. Loading is not strict (frozen weights are not in the
+        file), so without this a resume would silently start from a fresh adapter."""
+        for name, parameter in self.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            found = shapes.get(name)
+            if found is None or tuple(found) != tuple(parameter.shape):
+                what = "missing" if found is None else f"of shape {tuple(found)}"
+                raise ConfigError(
+                    f"ckpt_path: the checkpoint does not fit this model's adapter ({name} is "
+                    f"{what} in the file, {tuple(parameter.shape)} here): resume with the "
+                    f"model and lora settings it was trained with (lora.rank={self.lora.rank})"
+                )
 
 
 def _current_name(key: str) -> str:

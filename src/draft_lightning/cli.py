@@ -200,6 +200,9 @@ def check_checkpoint(path: str) -> None:
     if path in ("last", "best", "hpc", "registry"):
         return
     file = Path(path)
+    sharded = file.is_dir() and (file / "meta.pt").is_file()  # the sharded strategy's folder
+    if sharded:
+        file = file / "meta.pt"  # loop state, data position, RNG states; the shards beside it
     if not file.is_file():
         raise ConfigError(f"ckpt_path={path!r}: no such file")
     try:
@@ -209,8 +212,9 @@ def check_checkpoint(path: str) -> None:
         raise ConfigError(
             f"ckpt_path={path!r} is not a readable checkpoint ({first[:160]})"
         ) from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ConfigError(f"ckpt_path={path!r} is not a Lightning checkpoint (no state_dict)")
+    required = "loops" if sharded else "state_dict"
+    if not isinstance(checkpoint, dict) or required not in checkpoint:
+        raise ConfigError(f"ckpt_path={path!r} is not a Lightning checkpoint (no {required})")
 
 
 def missing_model_downloads(config) -> list[ModelUnavailableError]:

@@ -381,3 +381,15 @@ def test_datamodule_validates_eagerly(kwargs, shown):
     with pytest.raises(ConfigError) as err:
         PromptDataModule(**kwargs)
     assert "\n" not in str(err.value) and shown in str(err.value)
+
+
+def test_all_prompts_lists_training_then_grid_prompts_once_each():
+    data = PromptDataModule(
+        train_prompts=["a cat", "a dog", "a cat"],
+        val_prompts=["a dog", "a red cube"],
+        eval_prompts=["a blue sphere"],
+    )
+    assert data.all_prompts() == ["a cat", "a dog", "a red cube", "a blue sphere"]
+    data.train_source = SimpleNamespace(is_local=False, describe=lambda: "train_prompts='hf:a/b'")
+    with pytest.raises(ConfigError, match="needs training prompts it can read in full"):
+        data.all_prompts()

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.slow
 
 ONE_NODE = str(ROOT / "configs/slurm/one_node.sbatch")
 MULTINODE = str(ROOT / "configs/slurm/multinode.sbatch")
+FLUX_SHARDED = str(ROOT / "configs/slurm/flux_sharded.sbatch")
 CPU = ["--cpus-per-task=1", "--gpus-per-node=0"]  # the templates ask for GPUs
 
 
@@ -230,3 +231,35 @@ def test_two_nodes_in_network_namespaces_run_one_ddp_job(two_nodes, tiny_sd, tmp
         assert steps(ranks[rank], 0) == [1, 2, 3]
     (log_dir,) = (tmp_path / "runs" / "draft_k").iterdir()
     assert scalars(log_dir, "train/reward")
+
+
+def test_the_sharded_flux_template_runs_one_hsdp_job_over_two_nodes(two_nodes, tmp_path):
+    """(d) `sbatch -N 2 --ntasks-per-node 1` of flux_sharded.sbatch on the tiny FLUX: the FLUX
+    config's sharded strategy, shard_size set by the template to the tasks per node, so each
+    node holds one replica (HSDP over 2 nodes x 1 rank), in one job that completes, writes a
+    sharded checkpoint folder and exports the adapter."""
+    from draft_lightning.testing.tiny_flux import tiny_flux_path
+
+    tiny_flux_path()  # built before the job, not by its ranks
+    job = two_nodes.sbatch(
+        ["-N", "2", "--ntasks-per-node=1", *CPU, "--job-name=draft-d",
+         f"--output={tmp_path}/job-%j.out", FLUX_SHARDED,
+         "--config", "configs/flux_draft_lv.yaml", "--config", "configs/cpu_tiny_flux.yaml",
+         "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
+         "--trainer.num_sanity_val_steps", "0", "--model.sampling.num_steps", "4",
+         "--trainer.callbacks+=slurm_cluster.Probe", "--trainer.callbacks.folder",
+         str(tmp_path / "probe")],
+        env=job_env(tmp_path, free_port()),
+        cwd=ROOT,
+    )  # fmt: skip
+    state = two_nodes.wait_job(
+        job, lambda j: j["JobState"] == "COMPLETED", timeout=180, what="COMPLETED"
+    )
+    log = job_log(tmp_path, job)
+    assert state["ExitCode"] == "0:0" and state["NumNodes"] == "2", log[-3000:]
+    assert "2 replicas of the model, each sharded over 1 rank(s) (HSDP)" in log
+    starts = {rank: entries[0] for rank, entries in probe_entries(tmp_path / "probe").items()}
+    assert [starts[r]["host"] for r in (0, 1)] == ["node1", "node2"]
+    (run,) = (tmp_path / "runs" / "flux_draft_lv").iterdir()
+    assert (run / "checkpoints" / "last.ckpt" / "meta.pt").is_file()
+    assert (run / "lora" / "last" / "pytorch_lora_weights.safetensors").is_file()

@@ -248,6 +248,7 @@ class PromptDataModule(L.LightningDataModule):
         )
 
         train = PromptSource(train_prompts, name="train_prompts", **options)
+        self.train_source = train
         found = train.check(full=scan_files, max_tokens=max_prompt_tokens)
         self._warn_long(train, found)
         # datasets' streaming gives each DataLoader worker only some of its shards, but every
@@ -298,6 +299,21 @@ class PromptDataModule(L.LightningDataModule):
                 f"longer than {self.max_prompt_tokens} CLIP tokens (estimated); the text encoder "
                 "truncates them to its 77-token limit"
             )
+
+    def all_prompts(self) -> list[str]:
+        """Every prompt this module can hand out, once each: the training source's (one pass
+        in source order), then the validation and evaluation grids'. For precomputing their
+        text embeddings (model.prompt_embedding_cache); an hf: training source, streamed and
+        possibly unbounded, is refused."""
+        if not self.train_source.is_local:
+            raise ConfigError(
+                f"model.prompt_embedding_cache needs training prompts it can read in full; "
+                f"{self.train_source.describe()} is streamed from the Hub"
+            )
+        prompts = [prompt for prompt, _ in self.train_source.records()]
+        for grid in (self.val_set, self.eval_set):
+            prompts.extend(prompt for prompt, _, _ in grid.items)
+        return list(dict.fromkeys(prompts))
 
     def setup(self, stage: str) -> None:
         """Shard the training stream by the trainer's rank (unsharded without a trainer)."""

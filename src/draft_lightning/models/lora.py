@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from draft_lightning.errors import ConfigError
+from draft_lightning.models.sharding import full_tensor
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 # Names of the two LoRA matrices in files (diffusers' and peft's) and in peft's modules.
@@ -156,6 +157,15 @@ KOHYA_WEIGHTS_NAME = "lora_kohya.safetensors"  # not *pytorch_lora_weights*: dif
 # load_lora_weights(folder) then still picks the diffusers file when both are there
 
 
+def lora_state_dict(denoiser: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """The adapter's weights (peft's names), float32 on the CPU. Weights sharded across ranks
+    (FSDP2) are gathered whole: a collective, so every rank must call this."""
+    from peft.utils import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(denoiser, adapter_name=adapter_name)
+    return {k: full_tensor(v.detach()).float().cpu().contiguous() for k, v in state.items()}
+
+
 def save_lora(
     denoiser: nn.Module,
     folder: Path,
@@ -164,6 +174,7 @@ def save_lora(
     adapter_name: str = "default",
     formats: Sequence[str] = ("diffusers",),
     extra_files: dict[str, bytes] | None = None,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write the adapter in each of `formats` ("diffusers": `pytorch_lora_weights.safetensors`
     with its metadata; "kohya": `lora_kohya.safetensors` for AUTOMATIC1111, ComfyUI and
@@ -173,7 +184,9 @@ def save_lora(
 
     `pipeline_class` is the diffusers pipeline whose save_lora_weights writes the diffusers
     file (the model family's), so its load_lora_weights reads it; `component` is the
-    pipeline part the adapter belongs to ("unet" or "transformer").
+    pipeline part the adapter belongs to ("unet" or "transformer"). `state` is what
+    `lora_state_dict` returned (a sharded model's adapter gathered on every rank); None
+    reads it here.
     """
     unknown = [f for f in formats if f not in LORA_FORMATS]
     if unknown or not formats:
@@ -183,12 +196,15 @@ def save_lora(
             f"LoRA format kohya is for UNet models (SD 1.x/2.x, SDXL); this adapter is on a "
             f"{component}: export diffusers only"
         )
+    if state is None:
+        state = lora_state_dict(denoiser, adapter_name)
+    config = denoiser.peft_config[adapter_name]
 
     def fill(tmp: Path) -> None:
         if "diffusers" in formats:
-            write_diffusers_lora(denoiser, tmp, pipeline_class, component, adapter_name)
+            write_diffusers_lora(tmp, state, config, pipeline_class, component)
         if "kohya" in formats:
-            write_kohya_lora(denoiser, tmp / KOHYA_WEIGHTS_NAME, adapter_name)
+            write_kohya_lora(tmp / KOHYA_WEIGHTS_NAME, state, config)
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
 
@@ -216,19 +232,18 @@ def write_folder_atomically(folder: Path, fill: Callable[[Path], None]) -> Path:
 
 
 def write_diffusers_lora(
-    denoiser: nn.Module, folder: Path, pipeline_class: str, component: str, adapter_name: str
+    folder: Path, state: dict[str, torch.Tensor], config, pipeline_class: str, component: str
 ) -> None:
     """diffusers' format, with the adapter's metadata (lora_alpha, rank, targets): without
     it diffusers assumes alpha = rank and a run trained with alpha != rank loads wrong."""
     import diffusers
     from diffusers.utils import convert_state_dict_to_diffusers
 
-    metadata = denoiser.peft_config[adapter_name].to_dict()
+    metadata = config.to_dict()
     # peft keeps target_modules as a set, whose order changes with PYTHONHASHSEED: sorted, two
     # exports of the same adapter carry the same metadata.
     if isinstance(metadata.get("target_modules"), set | list | tuple):
         metadata["target_modules"] = sorted(metadata["target_modules"])
-    state = adapter_state(denoiser, adapter_name)
     if component == "unet":  # UNet LoRA files use diffusers' own names (lora.down/up)
         state = convert_state_dict_to_diffusers(state)
     # Transformer families keep peft's lora_A/lora_B names, as diffusers' own FLUX and SD3
@@ -244,7 +259,7 @@ def write_diffusers_lora(
     )
 
 
-def write_kohya_lora(denoiser: nn.Module, path: Path, adapter_name: str) -> None:
+def write_kohya_lora(path: Path, state: dict[str, torch.Tensor], config) -> None:
     """One kohya-ss file (`lora_unet_<module>.lora_down/lora_up.weight` and `.alpha`), the
     format AUTOMATIC1111, ComfyUI, SD.Next and InvokeAI load. Keys come from diffusers'
     converter; its alphas are set to the rank, so this adapter's own alpha replaces them
@@ -252,9 +267,7 @@ def write_kohya_lora(denoiser: nn.Module, path: Path, adapter_name: str) -> None
     from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
     from safetensors.torch import save_file
 
-    config = denoiser.peft_config[adapter_name]
-    state = {f"unet.{k}": v for k, v in adapter_state(denoiser, adapter_name).items()}
-    kohya = convert_state_dict_to_kohya(state)
+    kohya = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in state.items()})
     alpha = torch.tensor(float(config.lora_alpha))
     kohya = {k: alpha.clone() if k.endswith(".alpha") else v for k, v in kohya.items()}
     metadata = {
@@ -266,18 +279,11 @@ def write_kohya_lora(denoiser: nn.Module, path: Path, adapter_name: str) -> None
     save_file(kohya, path, metadata=metadata)
 
 
-def adapter_state(denoiser: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
-    """The adapter's weights in peft's naming (`<module>.lora_A.weight`), float32 on the CPU."""
-    from peft.utils import get_peft_model_state_dict
-
-    state = get_peft_model_state_dict(denoiser, adapter_name=adapter_name)
-    return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
-
-
 def delta_weight_norm(denoiser: nn.Module, adapter_name: str = "default") -> torch.Tensor:
     """How far the adapter moves the model: sqrt(sum over adapted layers of
     ||scale * B A||_F^2), 0 for a fresh adapter (B = 0). Computed from the r x r products
-    (||BA||_F^2 = trace((B^T B)(A A^T))), never forming B A."""
+    (||BA||_F^2 = trace((B^T B)(A A^T))), never forming B A. Sharded weights are gathered
+    whole: a collective, so every rank must call this."""
     from peft.tuners.lora import LoraLayer
 
     total = None
@@ -285,8 +291,8 @@ def delta_weight_norm(denoiser: nn.Module, adapter_name: str = "default") -> tor
         for layer in denoiser.modules():
             if not isinstance(layer, LoraLayer) or adapter_name not in layer.lora_A:
                 continue
-            down = layer.lora_A[adapter_name].weight.float().flatten(1)  # r x in
-            up = layer.lora_B[adapter_name].weight.float().flatten(1)  # out x r
+            down = full_tensor(layer.lora_A[adapter_name].weight).float().flatten(1)  # r x in
+            up = full_tensor(layer.lora_B[adapter_name].weight).float().flatten(1)  # out x r
             squared = (up.T @ up * (down @ down.T)).sum() * layer.scaling[adapter_name] ** 2
             total = squared if total is None else total + squared
     return torch.zeros(()) if total is None else total.clamp_min(0).sqrt()

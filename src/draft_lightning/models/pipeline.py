@@ -21,6 +21,12 @@ from draft_lightning.models import lora
 from draft_lightning.models.families import check_options, family_of
 from draft_lightning.models.families.base import ModelFamily, frozen
 from draft_lightning.models.loading import resolve_pretrained, resolve_vae
+from draft_lightning.models.prompt_cache import (
+    CachedPromptEncoder,
+    PromptEmbeddingCache,
+    text_files,
+)
+from draft_lightning.models.sharding import ShardingSettings, is_sharded, shard_module
 from draft_lightning.samplers.base import Sampler
 from draft_lightning.samplers.conditioning import Conditioning
 from draft_lightning.samplers.settings import SamplingSettings
@@ -38,11 +44,12 @@ class PipelineOptions:
     pretrained_vae: str | None = None
     gradient_checkpointing: bool = True
     checkpoint_decode: bool = True
-    checkpoint_blocks: bool = False
+    checkpoint_blocks: bool | None = None  # None: on once sharded, else off
     merge_lora_without_grad: bool | None = None
     compile_denoiser: bool = False
     channels_last: bool = False
     offload_text_encoders: bool = False
+    prompt_embedding_cache: str | None = None
     family_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -74,8 +81,9 @@ class Pipeline(nn.Module):
         self.sampler = sampler
         self.latent_shape = latent_shape
         self.settings = settings
+        self.options = options
         self.checkpoint_decode = options.checkpoint_decode
-        self.checkpoint_blocks = options.checkpoint_blocks
+        self.checkpoint_blocks = bool(options.checkpoint_blocks)
 
     def condition(self, prompts: list[str]) -> Conditioning:
         """The prompts' (frozen, no-grad) conditioning at the configured guidance: one pass
@@ -85,6 +93,18 @@ class Pipeline(nn.Module):
             return self.prompt_encoder.condition(prompts, self.settings.guidance_scale)
         with visiting(self.prompt_encoder, self.device):
             return self.prompt_encoder.condition(prompts, self.settings.guidance_scale)
+
+    @property
+    def caches_prompts(self) -> bool:
+        """Whether prompt embeddings come from a cache on disk (prompt_embedding_cache)."""
+        return isinstance(self.prompt_encoder, CachedPromptEncoder)
+
+    def precompute_prompts(self, prompts: list[str], device: torch.device | str) -> int:
+        """With a prompt embedding cache: encode the prompts it lacks (text encoders built on
+        `device`, then freed) and return how many; without one, 0."""
+        if not self.caches_prompts:
+            return 0
+        return self.prompt_encoder.precompute(prompts, device)
 
     def initial_noise(self, noise: torch.Tensor) -> torch.Tensor:
         """x_T as the sampler sees it, from noise of shape (B, *latent_shape)."""
@@ -113,18 +133,53 @@ class Pipeline(nn.Module):
     def device(self) -> torch.device:
         return next(self.denoiser.parameters()).device
 
+    def enable_block_checkpointing(self) -> None:
+        """diffusers' per-block gradient checkpointing in the denoiser and the VAE decoder."""
+        self.denoiser.enable_gradient_checkpointing()
+        self.vae.enable_gradient_checkpointing()
+        self.checkpoint_blocks = True
+
+    # --- sharding --------------------------------------------------------------------------
+
+    def shard(self, mesh, settings: ShardingSettings) -> None:
+        """Shard the denoiser block by block across `mesh` (and the VAE if `settings` say so),
+        with per-block gradient checkpointing unless `checkpoint_blocks` was set to False.
+        Called again, it does nothing. See models/sharding.py."""
+        if is_sharded(self.denoiser):
+            return
+        if self.options.merge_lora_without_grad:
+            raise ConfigError(
+                "merge_lora_without_grad=True cannot be used with a sharded model (the LoRA "
+                "update cannot be folded into weight shards): leave it null"
+            )
+        if self.options.compile_denoiser:
+            raise ConfigError("compile_unet=True is not supported with a sharded model")
+        self.sampler.no_grad_context = None  # unmerged LoRA in the no-grad steps
+        if self.options.checkpoint_blocks is None:
+            self.enable_block_checkpointing()
+        shard_module(self.denoiser, mesh, reshard_after_forward=settings.reshard_after_forward)
+        if settings.vae == "shard":
+            shard_module(self.vae, mesh, forward_methods=("decode",))
+
     # --- the adapter -----------------------------------------------------------------------
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return lora.lora_parameters(self.denoiser)
 
+    def lora_state(self) -> dict[str, torch.Tensor]:
+        """The trained adapter's weights, whole, on the CPU (peft's names). Sharded, they
+        are gathered from every rank: every rank must call this."""
+        return lora.lora_state_dict(self.denoiser)
+
     def save_lora(
         self,
         folder: Path,
+        state: dict[str, torch.Tensor] | None = None,
         formats: tuple[str, ...] = ("diffusers",),
         extra_files: dict[str, bytes] | None = None,
     ) -> Path:
-        """The trained adapter in `formats`, with `extra_files`, written atomically."""
+        """Write the adapter (`state` from `lora_state`, or this unsharded model's) in
+        `formats`, with `extra_files`, atomically."""
         return lora.save_lora(
             self.denoiser,
             folder,
@@ -132,6 +187,7 @@ class Pipeline(nn.Module):
             self.family.lora_component,
             formats=formats,
             extra_files=extra_files,
+            state=state,
         )
 
     def adapter_norm(self) -> torch.Tensor:
@@ -186,7 +242,23 @@ def load_pipeline(
     )
 
     dtype = DTYPES[options.frozen_dtype]
-    prompt_encoder = family.load_prompt_encoder(folder, dtype, settings.resolution, family_options)
+    load_encoder = partial(
+        family.load_prompt_encoder, folder, dtype, settings.resolution, family_options
+    )
+    if options.prompt_embedding_cache is None:
+        prompt_encoder = load_encoder()
+    else:  # the text encoders load only to fill missing entries (Pipeline.precompute_prompts)
+        key = {
+            "model": str(folder.resolve()),
+            "family": family.name,
+            "text_files": text_files(folder),
+            "dtype": options.frozen_dtype,
+            "guidance_scale": settings.guidance_scale,
+            "resolution": settings.resolution,
+            "options": repr(sorted(family_options.items())),
+        }
+        cache = PromptEmbeddingCache(options.prompt_embedding_cache, key)
+        prompt_encoder = CachedPromptEncoder(cache, settings.guidance_scale, load_encoder)
     vae = frozen(family.load_vae(folder, torch.float32 if upcast_vae else dtype, vae_folder))
     denoiser = frozen(family.load_denoiser(folder, dtype))
     lora.attach_lora(denoiser, lora_settings, targets)
@@ -203,10 +275,7 @@ def load_pipeline(
     )
     if options.channels_last:
         denoiser.to(memory_format=torch.channels_last)
-    if options.checkpoint_blocks:
-        denoiser.enable_gradient_checkpointing()
-        vae.enable_gradient_checkpointing()
-    return Pipeline(
+    pipeline = Pipeline(
         family,
         prompt_encoder,
         denoiser,
@@ -216,3 +285,6 @@ def load_pipeline(
         settings,
         options,
     )
+    if options.checkpoint_blocks:
+        pipeline.enable_block_checkpointing()
+    return pipeline

@@ -24,7 +24,9 @@ class LoraExport(Callback):
     (temporary folder, then rename) with a `README.md` model card and the latest
     validation grid (`samples.png`).
 
-    Only rank 0 writes and nothing here waits on other ranks, so saving cannot hang a job.
+    Only rank 0 writes. Under DDP nothing here waits on other ranks; a sharded adapter is first
+    gathered, a collective that every rank reaches because Lightning runs both hooks on every
+    rank, so the file is the whole adapter, as an unsharded run writes it.
 
     Args:
         dirname: folder under the run directory.
@@ -59,6 +61,7 @@ class LoraExport(Callback):
             )
 
     def export(self, trainer: Trainer, pl_module: LightningModule, step: int) -> None:
+        state = pl_module.pipeline.lora_state()  # gathered on every rank when sharded
         if trainer.global_rank != 0:
             return
         root = run_dir(trainer) / self.dirname
@@ -66,8 +69,8 @@ class LoraExport(Callback):
         # Written by the family's own pipeline class, so its load_lora_weights reads it.
         formats = tuple(self.formats)
         if self.keep_steps:
-            pl_module.pipeline.save_lora(root / f"step={step}", formats, extra)
-        pl_module.pipeline.save_lora(root / "last", formats, extra)
+            pl_module.pipeline.save_lora(root / f"step={step}", state, formats, extra)
+        pl_module.pipeline.save_lora(root / "last", state, formats, extra)
 
     def card_files(
         self, trainer: Trainer, pl_module: LightningModule, step: int

@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from draft_lightning.errors import ConfigError
 from draft_lightning.evaluation.image_grid import evaluation_grid
+from draft_lightning.models.sharding import full_tensor
 from draft_lightning.training.logger_media import log_histogram, log_image, log_run_settings
 from draft_lightning.training.run_settings import final_metric_tags, run_settings
 
@@ -122,16 +123,17 @@ class RunMonitor(Callback):
             return  # a micro-batch of an accumulated step: the step is not over
         now = time.perf_counter()
         moved = [
-            (after.detach() - before).flatten()
+            after.detach() - before
             for after, before in zip(
                 pl_module.trainable_parameters(), self._adapter_before, strict=True
             )
         ]
         self._adapter_before = None
+        update = full_tensor(torch.nn.utils.get_total_norm(moved))  # of every shard
         metrics = {
             "train/steps_per_second": 1.0 / max(now - self._step_started, 1e-9),
             "train/peak_memory_gib": peak_memory_bytes(pl_module.device) / 2**30,
-            "train/lora_update_norm": float(torch.cat(moved).norm()),
+            "train/lora_update_norm": float(update),
             "train/lora_delta_norm": float(pl_module.pipeline.adapter_norm()),
         }
         self._step_started = now  # the next step starts now (data loading counts)

@@ -7,6 +7,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
 from draft_lightning.errors import ConfigError
+from draft_lightning.models.sharding import full_tensor
 
 
 class NonFiniteError(RuntimeError):
@@ -40,7 +41,8 @@ class NonFiniteGuard(Callback):
         grads = [p.grad for p in params if p.grad is not None]
         bad = torch.zeros((), device=pl_module.device)
         if grads:
-            bad = bad + (~torch.isfinite(torch.nn.utils.get_total_norm(grads))).float()
+            norm = full_tensor(torch.nn.utils.get_total_norm(grads))  # sharded: every rank's
+            bad = bad + (~torch.isfinite(norm)).float()
         loss = getattr(pl_module, "last_loss", None)
         if loss is not None:
             bad = bad + (~torch.isfinite(loss)).float()
