@@ -107,6 +107,7 @@ def _cli_class():
             (`checkpoint.every_n_train_steps: 10`) instead of repeating a callbacks list."""
             from lightning.pytorch.callbacks import ModelCheckpoint
 
+            from draft_lightning.training.before_after import BeforeAfter
             from draft_lightning.training.image_writer import ImageWriter
             from draft_lightning.training.lora_export import LoraExport
             from draft_lightning.training.monitoring import RunMonitor
@@ -145,6 +146,7 @@ def _cli_class():
             parser.add_lightning_class_args(NonFiniteGuard, "nonfinite_guard")
             parser.add_lightning_class_args(RunMonitor, "monitor")
             parser.add_lightning_class_args(ImageWriter, "predictions")
+            parser.add_lightning_class_args(BeforeAfter, "comparison")
             parser.add_lightning_class_args(RunSummary, "run_summary")
             parser.add_lightning_class_args(SlurmRequeue, "slurm_requeue")
 

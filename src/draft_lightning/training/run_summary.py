@@ -1,17 +1,20 @@
-"""The last lines of a run: its answer (the validation reward before and after) and where
-its logs are."""
+"""The last lines of a run: its answer (the validation reward before and after, and the
+picture of it) and where its logs are."""
 
 from __future__ import annotations
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
+from draft_lightning.training.before_after import BeforeAfter
+
 
 class RunSummary(Callback):
     """At the end of fit, print the validation reward before and after, and the logs.
 
-    The validation reward at the first and last evaluation and where the TensorBoard logs
-    are, so a run ends with its answer on the terminal."""
+    The validation reward at the first and last evaluation, the before/after picture
+    (training/before_after.py) and where the TensorBoard logs are, so a run ends with its
+    answer on the terminal."""
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         history = getattr(pl_module, "eval_history", [])
@@ -21,6 +24,9 @@ class RunSummary(Callback):
                 f"val/reward: {first['val/reward']:.4f} at step {first_step} -> "
                 f"{last['val/reward']:.4f} at step {last_step}"
             )
+        for callback in trainer.callbacks:
+            if isinstance(callback, BeforeAfter) and callback.written is not None:
+                rank_zero_info(f"before/after picture: {callback.written}")
         if trainer.logger is not None and trainer.logger.log_dir:
             rank_zero_info(f"TensorBoard logs: {trainer.logger.log_dir}")
             rank_zero_info(f"  tensorboard --logdir {trainer.logger.save_dir}")
