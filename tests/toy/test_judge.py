@@ -49,7 +49,16 @@ def test_judge_round_trips_and_its_reward_prefers_its_value(colour_judge):
     blue = world.render([world.Scene("circle", "blue", "large", "middle", "grey")] * 2)
     scores = reward(torch.cat([red, blue]), [""] * 4)
     assert scores[:2].min() > scores[2:].max()
-    assert reward.verdicts(torch.cat([red, blue])).tolist() == [True, True, False, False]
+    assert reward.verdicts(torch.cat([red, blue]), [""] * 4).tolist() == [True, True, False, False]
+    # value "caption": judged against what each prompt states.
+    stated = ToyJudgeReward("colour", "caption", judge=str(colour_judge))
+    red_caption = world.Scene("square", "red", "small", "left", "white").caption
+    blue_caption = world.Scene("square", "blue", "small", "left", "white").caption
+    pictures, captions = torch.cat([red, blue]), [red_caption, blue_caption] * 2
+    assert stated.verdicts(pictures, captions).tolist() == [True, False, False, True]
+    torch.testing.assert_close(stated(pictures[:1], captions[:1]), scores[:1])
+    with pytest.raises(ConfigError, match="needs toy world captions"):
+        stated(pictures[:1], ["a cat"])
 
 
 def test_judge_builds_from_a_class_path(colour_judge):

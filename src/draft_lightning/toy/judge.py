@@ -109,9 +109,13 @@ def load_judge(folder: str | Path) -> ToyJudge:
     return model.eval()
 
 
+CAPTION = "caption"  # a ToyJudgeReward value: whatever each image's prompt states
+
+
 class ToyJudgeReward(Reward):
-    """The judge's probability that an image's `attribute` is `value`: a held-out score for
-    runs trained on ToyAttributeReward (same question, independent network)."""
+    """The judge's probability that an image's `attribute` is `value` (or, with value
+    "caption", the value its prompt states): a held-out score for runs trained on
+    ToyAttributeReward (same question, independent network)."""
 
     def __init__(
         self,
@@ -123,7 +127,8 @@ class ToyJudgeReward(Reward):
         """
         Args:
             attribute: One of shape, colour, size, position, background.
-            value: A value of that attribute (e.g. circle, red, large, left, white).
+            value: A value of that attribute (e.g. circle, red, large, left, white), or
+                "caption": the value each image's prompt (a toy world caption) states.
             judge: Folder of a trained toy judge (model.safetensors, config.json). None uses
                 the newest of `make toy`'s ($DRAFT_LIGHTNING_CACHE/toy-judge) and the one
                 shipped with the package.
@@ -132,12 +137,14 @@ class ToyJudgeReward(Reward):
         from draft_lightning.toy.paths import toy_judge_path
         from draft_lightning.toy.rewards import check_attribute
 
-        check_attribute(attribute, value)
+        if value != CAPTION:
+            check_attribute(attribute, value)
+        elif attribute not in world.ATTRIBUTES:
+            check_attribute(attribute, world.ATTRIBUTES["shape"][0])  # names the attributes
         super().__init__(name or f"judge_{attribute}_{value}")
         self.attribute = attribute
         self.value = value
         self.judge = load_judge(toy_judge_path() if judge is None else Path(judge).expanduser())
-        self.index = self.judge.attributes[attribute].index(value)
         self.freeze()
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
@@ -146,13 +153,28 @@ class ToyJudgeReward(Reward):
             raise ValueError(f"expected images of shape [B, 3, H, W], got {tuple(images.shape)}")
         return self.judge(images.float())[self.attribute].float().softmax(dim=1)
 
+    def targets(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Per image, the index of the value it is judged against, [B]."""
+        values = self.judge.attributes[self.attribute]
+        if self.value != CAPTION:
+            return torch.full((len(prompts),), values.index(self.value), dtype=torch.long)
+        stated = [world.parse_caption(p) for p in prompts]
+        if any(s is None for s in stated):
+            bad = next(p for p, s in zip(prompts, stated, strict=True) if s is None)
+            raise ConfigError(
+                f"ToyJudgeReward(value='caption') needs toy world captions as prompts, got {bad!r}"
+            )
+        return torch.tensor([values.index(s[self.attribute]) for s in stated])
+
     def forward(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        return self.probabilities(images)[:, self.index]
+        target = self.targets(prompts).to(images.device)
+        return self.probabilities(images).gather(1, target[:, None])[:, 0]
 
     @torch.no_grad()
-    def verdicts(self, images: torch.Tensor) -> torch.Tensor:
-        """Per image, True where the judge's most likely value is `value`, [B] bool."""
-        return self.probabilities(images).argmax(dim=1) == self.index
+    def verdicts(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """Per image, True where the judge's most likely value is the target, [B] bool."""
+        target = self.targets(prompts).to(images.device)
+        return self.probabilities(images).argmax(dim=1) == target
 
     def extra_repr(self) -> str:
         return f"attribute={self.attribute!r}, value={self.value!r}"
