@@ -151,9 +151,11 @@ def _cli_class():
             parser.add_lightning_class_args(SlurmRequeue, "slurm_requeue")
 
         def instantiate_trainer(self, **kwargs):
+            from lightning.pytorch.callbacks import ProgressBar
             from lightning.pytorch.plugins.io import CheckpointIO
 
             from draft_lightning.training.checkpoint_io import AtomicCheckpointIO
+            from draft_lightning.training.progress import StepProgressBar
 
             configured = self._get(self.config_init, "trainer", default={}).get("plugins")
             plugins = kwargs.get("plugins", configured) or []
@@ -161,6 +163,13 @@ def _cli_class():
             if not any(isinstance(p, CheckpointIO) for p in plugins):
                 # Atomic checkpoint files in every run, whatever plugins a config lists.
                 kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+            trainer_config = self._get(self.config_init, "trainer", default={})
+            callbacks = kwargs.get("callbacks", trainer_config.get("callbacks")) or []
+            callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+            wanted = trainer_config.get("enable_progress_bar") is not False
+            if wanted and not any(isinstance(c, ProgressBar) for c in callbacks):
+                # Steps of max_steps with the reward, no "Epoch 0/-2" or v_num (progress.py).
+                kwargs["callbacks"] = [*callbacks, StepProgressBar()]
             try:
                 return super().instantiate_trainer(**kwargs)
             except MisconfigurationException as error:
