@@ -343,11 +343,13 @@ def test_pretrained_folder_loads_and_fine_tunes_with_the_toy_reward(pretrained):
 
 def test_toy_model_name_resolves_to_the_make_toy_folder(pretrained, tmp_path, monkeypatch):
     from draft_lightning.models.loading import resolve_pretrained
+    from draft_lightning.toy import paths
 
     root, _ = pretrained
-    monkeypatch.setenv("DRAFT_LIGHTNING_CACHE", str(root))
+    monkeypatch.setenv("DRAFT_LIGHTNING_CACHE", str(root))  # newer than the shipped model
     assert resolve_pretrained("toy:sd") == root / "toy-sd"
     monkeypatch.setenv("DRAFT_LIGHTNING_CACHE", str(tmp_path))
+    monkeypatch.setattr(paths, "SHIPPED_ROOT", tmp_path / "not-shipped")
     with pytest.raises(ModelUnavailableError, match="run `make toy`") as error:
         resolve_pretrained("toy:sd")
     assert str(tmp_path / "toy-sd") in str(error.value) and "\n" not in str(error.value)

@@ -52,18 +52,19 @@ def default_judge_path(cache_dir: str | Path | None = None) -> Path:
     return cache_root(cache_dir) / JUDGE_FOLDER
 
 
-def shipped_created(root: Path = SHIPPED_ROOT) -> float | None:
+def shipped_created(root: Path | None = None) -> float | None:
     """When `make toy` wrote the shipped parts (seconds since the epoch), from the manifest;
     None when the package ships none."""
-    manifest = root / MANIFEST_FILE
+    manifest = (root or SHIPPED_ROOT) / MANIFEST_FILE
     if not manifest.is_file():
         return None
     return float(json.loads(manifest.read_text())["created"])
 
 
-def newest(name: str, cache_dir: str | Path | None = None, shipped: Path = SHIPPED_ROOT) -> Path:
+def newest(name: str, cache_dir: str | Path | None = None, shipped: Path | None = None) -> Path:
     """The cache's folder `name` if it is complete and newer than the shipped copy, else the
     shipped copy; one line saying how to make it when there is neither."""
+    shipped = shipped or SHIPPED_ROOT
     marker = MARKERS[name]
     cached = cache_root(cache_dir) / name
     created = shipped_created(shipped)

@@ -305,6 +305,7 @@ def pretrain(
         )
         timings["quality_s"] = time.perf_counter() - clock
         report = {
+            "commit": source_commit(),
             "world_version": world.WORLD_VERSION,
             "classifier": str(classifier_output),
             "classifier_held_out_accuracy": classifier_accuracy,
@@ -316,6 +317,24 @@ def pretrain(
         }
         (tmp / "quality.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def source_commit() -> str | None:
+    """The git commit of the code that trains (with -dirty for uncommitted changes), or None
+    outside a git checkout: shipping the result names it."""
+    import subprocess
+
+    try:
+        described = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=40"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return described.stdout.strip() or None if described.returncode == 0 else None
 
 
 def _fmt(values: dict[str, float]) -> str:
