@@ -276,6 +276,9 @@ def main(args: list[str] | None = None) -> None:
     import draft_lightning.rewards  # noqa: F401
     from draft_lightning.base_module import RewardFineTuningModule
     from draft_lightning.data import PromptDataModule
+    from draft_lightning.training.quiet import quiet_lightning_noise
+
+    quiet_lightning_noise()  # what a user cannot act on (training/quiet.py says which)
 
     try:
         _cli_class()(

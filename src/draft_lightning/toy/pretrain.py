@@ -348,11 +348,12 @@ def _quiet() -> None:
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
+    from draft_lightning.training.quiet import quiet_lightning_noise
+
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", message=r".*`srun` command is available.*")
-    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    quiet_lightning_noise()
 
 
 def main(
