@@ -1,6 +1,6 @@
 """Regenerate the TensorBoard pictures in docs/tensorboard.md from real demo runs.
 
-Trains the demo (draft_lv + cpu_tiny) and a variant of it, serves their logs with
+Trains the demo (draft_lv + demo: the shipped toy model drawing shapes) and a variant of it, serves their logs with
 TensorBoard on 127.0.0.1 and photographs every tab the runs fill (time series, scalars,
 custom scalars, images, histograms, distributions, hparams) with headless Chromium
 (Debian's `chromium` package: `apt-get install chromium`). Run: `make screenshots`.
@@ -28,7 +28,7 @@ DEMO_RUNS = [
     [],
     [
         "--model.optimizer.init_args.lr",
-        "0.003",
+        "0.001",
         "--model.lora.rank",
         "4",
         "--model.lora.alpha",
@@ -127,7 +127,7 @@ def main(argv: list[str]) -> None:
         for overrides in DEMO_RUNS:
             subprocess.run(
                 [BIN / "lightning", "fit", "--config", ROOT / "configs/draft_lv.yaml",
-                 "--config", ROOT / "configs/cpu_tiny.yaml", *overrides],
+                 "--config", ROOT / "configs/demo.yaml", *overrides],
                 cwd=work, check=True,
             )  # fmt: skip
     port = free_port()
