@@ -392,6 +392,8 @@ class RewardFineTuningModule(LightningModule):
         checkpoint["rng_states"] = gather_rng_states(self.trainer if self._trainer else None)
         checkpoint["reward_queries"] = self.reward_queries
         checkpoint["base_reward"] = self.base_reward
+        # The evaluations so far, so a resumed run's summary starts at the base model's.
+        checkpoint["eval_history"] = [[step, values] for step, values in self.eval_history]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = {_current_name(k): v for k, v in checkpoint["state_dict"].items()}
@@ -399,6 +401,7 @@ class RewardFineTuningModule(LightningModule):
         self.check_trained_weights({name: tuple(value.shape) for name, value in state.items()})
         self.reward_queries = int(checkpoint.get("reward_queries", 0))
         self.base_reward = checkpoint.get("base_reward")
+        self.eval_history = [(step, values) for step, values in checkpoint.get("eval_history", [])]
         states = checkpoint.get("rng_states")
         rank = self.global_rank
         if states is not None and rank < len(states):
