@@ -111,8 +111,10 @@ def _cli_class():
             from draft_lightning.training.lora_export import LoraExport
             from draft_lightning.training.monitoring import RunMonitor
             from draft_lightning.training.nonfinite_guard import NonFiniteGuard
+            from draft_lightning.training.pending_validation import PendingValidation
             from draft_lightning.training.run_summary import RunSummary
             from draft_lightning.training.slurm import SlurmRequeue
+            from draft_lightning.training.stop_signals import StopOnSignal
 
             # A config without model.class_path trains DraftModule (flat keys such as
             # --model.pretrained_model fill its arguments); DDPOModule is chosen by class_path.
@@ -147,6 +149,8 @@ def _cli_class():
             parser.add_lightning_class_args(ImageWriter, "predictions")
             parser.add_lightning_class_args(RunSummary, "run_summary")
             parser.add_lightning_class_args(SlurmRequeue, "slurm_requeue")
+            parser.add_lightning_class_args(StopOnSignal, "stop_signals")
+            parser.add_lightning_class_args(PendingValidation, "pending_validation")
 
         def instantiate_trainer(self, **kwargs):
             from lightning.pytorch.plugins.io import CheckpointIO
@@ -265,6 +269,7 @@ def main(args: list[str] | None = None) -> None:
     import draft_lightning.rewards  # noqa: F401
     from draft_lightning.base_module import RewardFineTuningModule
     from draft_lightning.data import PromptDataModule
+    from draft_lightning.training.stop_signals import RunInterrupted
 
     try:
         _cli_class()(
@@ -278,6 +283,39 @@ def main(args: list[str] | None = None) -> None:
     except (ConfigError, ModelUnavailableError, ArgumentError) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)  # one line
         raise SystemExit(2) from None
+    except RunInterrupted as stop:
+        argv = sys.argv if args is None else ["lightning", *args]
+        print(interrupted_line(stop, argv), file=sys.stderr)  # the run's last line
+        raise SystemExit(stop.exit_status) from None
+
+
+def interrupted_line(stop, argv: list[str]) -> str:
+    """What happened and the command that resumes, e.g. `stopped by SIGTERM at step 7:
+    checkpoint runs/x/version_0/checkpoints/last.ckpt; resume with: lightning fit ...
+    --ckpt_path last`."""
+    import shlex
+    from pathlib import Path
+
+    name = stop.args[0]
+    command = [Path(argv[0]).name]
+    skip = False
+    for arg in argv[1:]:  # the same command, without any earlier --ckpt_path
+        if skip or arg.startswith("--ckpt_path="):
+            skip = False
+            continue
+        skip = arg == "--ckpt_path"
+        if not skip:
+            command.append(arg)
+    if stop.checkpoint is None:
+        return (
+            f"stopped by a second {name} before the step ended: no new checkpoint (the last "
+            f"one saved is intact); resume with: {shlex.join([*command, '--ckpt_path', 'last'])}"
+        )
+    target = "last" if stop.found_by_last else str(stop.checkpoint)
+    return (
+        f"stopped by {name} at step {stop.step}: checkpoint {stop.checkpoint}; resume with: "
+        f"{shlex.join([*command, '--ckpt_path', target])}"
+    )
 
 
 if __name__ == "__main__":

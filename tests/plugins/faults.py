@@ -48,3 +48,35 @@ class KillAtStep(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SignalAt(Callback):
+    """Send this process a signal at a chosen point of step `step`: as the step's batch begins
+    ("step": the signal arrives mid-step) or as the validation after that step begins its
+    first batch ("validation").
+
+    Args:
+        step: the global step (optimiser steps taken) at which to send it.
+        where: "step" or "validation".
+        signal_name: e.g. "SIGTERM" or "SIGINT".
+    """
+
+    def __init__(self, step: int, where: str = "step", signal_name: str = "SIGTERM") -> None:
+        self.step = step
+        self.where = where
+        self.signum = getattr(signal, signal_name)
+        self.sent = False
+
+    def _send(self) -> None:
+        if not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.where == "step" and trainer.global_step == self.step:
+            self._send()
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        fitting = trainer.state.fn == "fit" and not trainer.sanity_checking
+        if self.where == "validation" and fitting and trainer.global_step == self.step:
+            self._send()
