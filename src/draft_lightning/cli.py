@@ -4,7 +4,9 @@ PromptDataModule (fit, validate, test, predict).
 A refused configuration prints exactly one line, `error: <message>`, and exits with status 2:
 a bad value (ConfigError), weights that cannot be found (ModelUnavailableError), a Trainer
 setting Lightning refuses, or a value jsonargparse cannot parse (without its usage dump).
-Anything else is a bug and keeps its traceback.
+So does a run the non-finite guard stopped. A run stopped by SIGTERM or SIGINT prints one
+line saying how to resume and exits 143 or 130 (training/stop_signals.py). Anything else is
+a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -107,6 +109,7 @@ def _cli_class():
             (`checkpoint.every_n_train_steps: 10`) instead of repeating a callbacks list."""
             from lightning.pytorch.callbacks import ModelCheckpoint
 
+            from draft_lightning.training.best_checkpoint import BestCheckpoint
             from draft_lightning.training.image_writer import ImageWriter
             from draft_lightning.training.lora_export import LoraExport
             from draft_lightning.training.monitoring import RunMonitor
@@ -127,7 +130,7 @@ def _cli_class():
                     "checkpoint.every_n_train_steps": 100,
                 }
             )
-            parser.add_lightning_class_args(ModelCheckpoint, "best_checkpoint")
+            parser.add_lightning_class_args(BestCheckpoint, "best_checkpoint")
             parser.set_defaults(
                 {
                     "best_checkpoint.monitor": "val/reward",
@@ -269,6 +272,7 @@ def main(args: list[str] | None = None) -> None:
     import draft_lightning.rewards  # noqa: F401
     from draft_lightning.base_module import RewardFineTuningModule
     from draft_lightning.data import PromptDataModule
+    from draft_lightning.training.nonfinite_guard import NonFiniteError
     from draft_lightning.training.stop_signals import RunInterrupted
 
     try:
@@ -280,7 +284,7 @@ def main(args: list[str] | None = None) -> None:
             save_config_kwargs={"overwrite": True},
             args=args,
         )
-    except (ConfigError, ModelUnavailableError, ArgumentError) as error:
+    except (ConfigError, ModelUnavailableError, ArgumentError, NonFiniteError) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)  # one line
         raise SystemExit(2) from None
     except RunInterrupted as stop:

@@ -80,3 +80,31 @@ class SignalAt(Callback):
         fitting = trainer.state.fn == "fit" and not trainer.sanity_checking
         if self.where == "validation" and fitting and trainer.global_step == self.step:
             self._send()
+
+
+class NaNScores(Brightness):
+    """Brightness with NaN scores on purpose: on chosen training calls (counted from 0,
+    every image), and, with `validation`, on every other image of each evaluation.
+
+    Args:
+        train_calls: the training-time calls whose scores are all NaN.
+        validation: NaN for the even-numbered images of every evaluation batch.
+    """
+
+    def __init__(self, train_calls: list[int] | None = None, validation: bool = False) -> None:
+        super().__init__(name="brightness")
+        self.train_calls = set(train_calls or [])
+        self.validation = validation
+        self.calls = 0
+
+    def forward(self, images, prompts):
+        scores = super().forward(images, prompts)
+        if images.requires_grad:
+            call, self.calls = self.calls, self.calls + 1
+            if call in self.train_calls:
+                scores = scores * float("nan")
+        elif self.validation:
+            nan = torch.zeros_like(scores)
+            nan[::2] = float("nan")
+            scores = scores + nan
+        return scores

@@ -137,3 +137,82 @@ def test_run_summary_after_resumes_reports_the_base_model_to_the_last_step(runs)
     straight = [line for line in runs["done"].stderr.splitlines() if "val/reward:" in line]
     assert summary == straight
     assert summary[0].startswith("val/reward: ") and " at step 0 -> " in summary[0]
+
+
+def test_a_skipped_step_logs_its_own_gradient_norm_not_the_previous_one(tiny_sd, tmp_path):
+    import csv
+
+    from conftest import make_module
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.loggers import CSVLogger
+    from plugins.faults import NaNScores
+
+    from draft_lightning.data import PromptDataModule
+    from draft_lightning.training.nonfinite_guard import NonFiniteGuard
+
+    trainer = Trainer(
+        accelerator="cpu", max_steps=4, limit_val_batches=0, num_sanity_val_steps=0,
+        logger=CSVLogger(tmp_path), log_every_n_steps=1, enable_checkpointing=False,
+        callbacks=[NonFiniteGuard(patience=3)], enable_progress_bar=False,
+    )  # fmt: skip
+    trainer.fit(make_module(reward=NaNScores(train_calls=[2])), PromptDataModule(batch_size=2))
+    (metrics,) = tmp_path.rglob("metrics.csv")
+    with open(metrics, newline="") as file:
+        rows = [r for r in csv.DictReader(file) if r["train/grad_norm"]]
+    norms = [float(r["train/grad_norm"]) for r in rows]
+    assert [float(r["train/skipped_steps"]) for r in rows] == [0, 0, 1, 1]
+    assert norms[2] != norms[2]  # NaN: the skipped step's own norm
+    assert all(n == n and n > 0 for n in norms[:2] + norms[3:])
+
+
+def test_nonfinite_validation_scores_are_counted_and_never_averaged_away():
+    from draft_lightning.evaluation.evaluator import Evaluator
+
+    evaluator = Evaluator(["brightness"])
+    images = torch.rand(4, 3, 8, 8)
+    scores = torch.tensor([0.5, float("nan"), 0.25, float("inf")])
+    batch = {"prompts": ["a", "b", "c", "d"], "seeds": [0, 0, 0, 0]}
+    evaluator.update(batch, images, scores, {"brightness": scores}, None)
+    values, _ = evaluator.compute("val", 1)
+    assert values["val/nonfinite"] == 2
+    assert not torch.isfinite(values["val/reward"])  # not 0.375, the mean of the finite half
+    evaluator.update(batch, images, torch.ones(4), {"brightness": torch.ones(4)}, None)
+    values, _ = evaluator.compute("val", 1)  # reset between evaluations
+    assert values["val/nonfinite"] == 0 and values["val/reward"] == 1
+
+
+def test_best_checkpoint_never_keeps_a_nonfinite_evaluation():
+    from draft_lightning.training.best_checkpoint import BestCheckpoint
+
+    best = BestCheckpoint(monitor="val/reward", mode="max")
+    assert not best.check_monitor_top_k(None, torch.tensor(float("nan")))  # none kept yet
+    assert best.check_monitor_top_k(None, torch.tensor(0.1))
+    assert best.state_key.startswith("ModelCheckpoint{")  # resumes older checkpoints' state
+
+
+def test_nan_in_validation_is_reported_and_never_the_best_checkpoint(tmp_path, tiny_sd):
+    done = fit(tmp_path, "--trainer.max_steps", "2", "--trainer.val_check_interval", "1",
+               "--model.reward", "plugins.faults.NaNScores",
+               "--model.reward.validation", "true")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    summary = [line for line in done.stderr.splitlines() if line.startswith("val/")]
+    assert summary[0] == "val/reward: nan at step 0 -> nan at step 2"
+    assert summary[1].startswith("val/nonfinite: non-finite validation rewards (1 at step 0, ")
+    scalars = EventAccumulator(str(version(tmp_path)), size_guidance={"scalars": 0}).Reload()
+    assert [e.value for e in scalars.Scalars("val/nonfinite")] == [1.0, 1.0, 1.0]  # 1 of 2
+    assert not list(version(tmp_path).glob("checkpoints/best-*"))
+
+
+def test_the_nonfinite_guard_stops_a_run_with_one_error_line(tmp_path, tiny_sd):
+    done = fit(tmp_path, "--trainer.max_steps", "4", "--trainer.limit_val_batches", "0",
+               "--trainer.num_sanity_val_steps", "0", "--nonfinite_guard.patience", "2",
+               "--model.reward", "plugins.faults.NaNScores",
+               "--model.reward.train_calls", "[1, 2]")  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert last_line(done) == (
+        "error: nonfinite_guard: steps 2 to 3 (2 in a row, patience=2) had a non-finite loss "
+        "or gradient; stopped. The last checkpoint is intact: lower the learning rate or "
+        "check the reward, then resume with --ckpt_path last"
+    )

@@ -10,8 +10,10 @@ from lightning.pytorch.utilities import rank_zero_info
 class RunSummary(Callback):
     """At the end of fit, print the validation reward before and after, and the logs.
 
-    The validation reward at the first and last evaluation and where the TensorBoard logs
-    are, so a run ends with its answer on the terminal."""
+    The validation reward at the first and last evaluation (the base model's and the last,
+    across resumes: the history is in the checkpoints), any evaluation with non-finite
+    rewards, and where the TensorBoard logs are, so a run ends with its answer on the
+    terminal."""
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         history = getattr(pl_module, "eval_history", [])
@@ -21,6 +23,13 @@ class RunSummary(Callback):
                 f"val/reward: {first['val/reward']:.4f} at step {first_step} -> "
                 f"{last['val/reward']:.4f} at step {last_step}"
             )
+            nonfinite = [(s, int(v["val/nonfinite"])) for s, v in history if v.get("val/nonfinite")]
+            if nonfinite:
+                where = ", ".join(f"{count} at step {step}" for step, count in nonfinite)
+                rank_zero_info(
+                    f"val/nonfinite: non-finite validation rewards ({where}); those evaluations' "
+                    "val/reward is NaN and none of them is a best checkpoint"
+                )
         if trainer.logger is not None and trainer.logger.log_dir:
             rank_zero_info(f"TensorBoard logs: {trainer.logger.log_dir}")
             rank_zero_info(f"  tensorboard --logdir {trainer.logger.save_dir}")
