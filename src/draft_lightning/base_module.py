@@ -408,9 +408,19 @@ class RewardFineTuningModule(LightningModule):
             restore_rng_states(states[rank])
 
     def check_trained_weights(self, shapes: dict[str, tuple[int, ...]]) -> None:
-        """Refuse a checkpoint (given as weight name -> shape) that lacks a trained weight or
-        holds it in another shape. Loading is not strict (frozen weights are not in the
-        file), so without this a resume would silently start from a fresh adapter."""
+        """Refuse a checkpoint (given as weight name -> shape) that lacks a trained weight,
+        holds it in another shape, or holds trained weights this model does not have.
+        Loading is not strict (frozen weights are not in the file), so without this a
+        resume would silently start from a fresh adapter, or fail in the optimiser's state."""
+        trained = {name for name, p in self.named_parameters() if p.requires_grad}
+        extra = sorted(set(shapes) - trained)
+        if extra:  # e.g. trained with more target_modules: the optimiser state would not fit
+            raise ConfigError(
+                f"ckpt_path: the checkpoint does not fit this model's adapter ({len(extra)} "
+                f"trained weights in the file are not in this model's adapter, e.g. "
+                f"{extra[0]}): resume with the model and lora settings it was trained with "
+                f"(lora.target_modules={self.lora.target_modules})"
+            )
         for name, parameter in self.named_parameters():
             if not parameter.requires_grad:
                 continue

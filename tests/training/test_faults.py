@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, TEST_PATH
+from lightning.pytorch import Callback
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -23,10 +25,10 @@ LIGHTNING = str(Path(sys.executable).with_name("lightning"))
 STEPS = 4  # validation after steps 2 and 4, and of the base model at step 0
 
 
-def fit(run: Path, *extra: str) -> subprocess.CompletedProcess:
+def fit(run: Path, *extra: str, command: str = "fit") -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": TEST_PATH, "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [LIGHTNING, "fit", "--config", str(ROOT / "configs/draft_lv.yaml"),
+        [LIGHTNING, command, "--config", str(ROOT / "configs/draft_lv.yaml"),
          "--config", str(ROOT / "configs/cpu_tiny.yaml"),
          "--trainer.max_steps", str(STEPS), "--trainer.val_check_interval", "2",
          "--checkpoint.every_n_train_steps", "100",  # only the stops write last.ckpt
@@ -216,3 +218,168 @@ def test_the_nonfinite_guard_stops_a_run_with_one_error_line(tmp_path, tiny_sd):
         "or gradient; stopped. The last checkpoint is intact: lower the learning rate or "
         "check the reward, then resume with --ckpt_path last"
     )
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def refused(done: subprocess.CompletedProcess, expected: str, alone: bool = True) -> None:
+    """An `error:` line containing `expected` (`alone`: the only line), exit status 2, no
+    traceback."""
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 or not alone, done.stderr[-3000:]
+    assert lines[-1].startswith("error: ") and expected in lines[-1]
+
+
+def test_refused_resumes_and_predict_leave_the_training_run_as_it_was(runs, tmp_path):
+    shutil.copytree(runs["straight"] / "runs", tmp_path / "runs")
+    before = files(tmp_path / "runs")
+    # Refused before the model loads: the checkpoint's LoRA rank is read from the file.
+    done = fit(tmp_path, "--ckpt_path", "last", "--model.lora.rank", "4")
+    refused(done, "holds a LoRA adapter of rank 8; this config has model.lora.rank=4")
+    # Refused once the model is built and the logger has opened its events file.
+    done = fit(tmp_path, "--ckpt_path", "last", "--model.lora.target_modules", "[to_q, to_k]")
+    refused(done, "ckpt_path: the checkpoint does not fit this model's adapter", alone=False)
+    assert files(tmp_path / "runs") == before  # config.yaml, events, hparams, checkpoints
+    predicted = fit(tmp_path, "--ckpt_path", "last", command="predict")
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    after = files(tmp_path / "runs")
+    assert {k: v for k, v in after.items() if k.startswith("draft_lv/version_0/")} == before
+    assert any(k.startswith("draft_lv/version_1/predictions/") for k in after)
+    assert "draft_lv/version_1/config.yaml" in after
+
+
+WEIGHTED_NAN = """
+model:
+  reward:
+    class_path: draft_lightning.rewards.WeightedSum
+    init_args:
+      rewards: [{class_path: draft_lightning.rewards.Brightness}]
+      weights: [.nan]
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--model.optimizer.init_args.lr", "-0.1"],
+         "model.optimizer.init_args.lr=-0.1: must be a number >= 0"),
+        (["--model.optimizer.init_args.betas", "[0.9, 1.0]"],
+         "model.optimizer.init_args.betas=(0.9, 1.0): must be two numbers in [0, 1)"),
+        (["--config", "weighted_nan.yaml"],  # YAML's .nan: a float that is not a number
+         "WeightedSum weights=[nan]: each weight must be finite"),
+        (["--model.reward", "draft_lightning.rewards.JPEGCompressibility",
+          "--model.reward.quality", "101"],
+         "JPEGCompressibility quality=101: must be an integer in 1..100"),
+        (["--model.reward", "draft_lightning.rewards.Brightnes"],
+         "model.reward=draft_lightning.rewards.Brightnes: no such class; known reward classes: "),
+    ],
+)  # fmt: skip
+def test_bad_values_are_refused_in_one_line_before_anything_is_written(tmp_path, args, expected):
+    (tmp_path / "weighted_nan.yaml").write_text(WEIGHTED_NAN)
+    done = fit(tmp_path, *args)
+    refused(done, expected)
+    assert [p.name for p in tmp_path.iterdir()] == ["weighted_nan.yaml"]  # no log folder
+
+
+def test_checkpoints_and_exports_get_the_mode_the_umask_allows(tmp_path):
+    from draft_lightning.models.lora import write_folder_atomically
+    from draft_lightning.training.checkpoint_io import AtomicCheckpointIO
+
+    previous = os.umask(0o027)  # group may read, others nothing
+    try:
+        AtomicCheckpointIO().save_checkpoint({"step": torch.zeros(1)}, tmp_path / "last.ckpt")
+        write_folder_atomically(tmp_path / "lora", lambda tmp: (tmp / "w.bin").write_bytes(b"1"))
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "last.ckpt").stat().st_mode & 0o777 == 0o640  # not mkstemp's 0600
+    assert (tmp_path / "lora").stat().st_mode & 0o777 == 0o750  # not mkdtemp's 0700
+    assert (tmp_path / "lora" / "w.bin").stat().st_mode & 0o777 == 0o640
+
+
+def lora_trainer(root: Path, max_steps: int, checkpoint_io):
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from draft_lightning.training.lora_export import LoraExport
+
+    return Trainer(
+        accelerator="cpu", max_steps=max_steps, limit_val_batches=0, num_sanity_val_steps=0,
+        logger=False, default_root_dir=root, enable_progress_bar=False,
+        enable_model_summary=False, plugins=[checkpoint_io],
+        callbacks=[ModelCheckpoint(dirpath=root / "checkpoints", every_n_train_steps=1,
+                                   save_last=True, save_top_k=0),
+                   LoraExport(model_card=False)],
+    )  # fmt: skip
+
+
+def test_lora_last_is_never_ahead_of_last_ckpt_and_a_resume_catches_it_up(
+    tiny_sd, tmp_path, monkeypatch
+):
+    from conftest import make_module
+
+    from draft_lightning.data import PromptDataModule
+    from draft_lightning.training import checkpoint_io
+    from draft_lightning.training.lora_export import fingerprint
+
+    def exported(name: str):
+        return fingerprint(load_file(tmp_path / "lora" / name / "pytorch_lora_weights.safetensors"))
+
+    def in_checkpoint():
+        state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+        return fingerprint(state["state_dict"])
+
+    saves, real_save = [], torch.save
+
+    def dies_on_the_second_save(obj, file):
+        saves.append(obj["global_step"])
+        if len(saves) == 2:
+            raise RuntimeError("killed mid-save")
+        real_save(obj, file)
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", dies_on_the_second_save)
+    module = make_module()
+    with pytest.raises(RuntimeError, match="killed mid-save"):
+        lora_trainer(tmp_path, 3, checkpoint_io.AtomicCheckpointIO()).fit(
+            module, PromptDataModule(batch_size=2)
+        )
+    monkeypatch.undo()
+    assert saves == [1, 2]
+    assert exported("last") == in_checkpoint() == exported("step=1")  # not step 2's weights
+    assert not (tmp_path / "lora" / "step=2").exists()
+    assert list((tmp_path / "checkpoints").glob(".last.ckpt.tmp-*")) == []  # removed on error
+
+    # A kill between checkpoint and export leaves lora/last behind last.ckpt; the resumed
+    # run exports before its first step (which dies here at once).
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    lora_trainer(tmp_path, 2, checkpoint_io.AtomicCheckpointIO()).fit(
+        make_module(), PromptDataModule(batch_size=2), ckpt_path=last
+    )
+    assert exported("last") == in_checkpoint() == exported("step=2") != exported("step=1")
+    shutil.rmtree(tmp_path / "lora" / "last")
+    shutil.copytree(tmp_path / "lora" / "step=1", tmp_path / "lora" / "last")
+    trainer = lora_trainer(tmp_path, 3, checkpoint_io.AtomicCheckpointIO())
+    trainer.callbacks.insert(0, DieAtFirstBatch())
+    with pytest.raises(RuntimeError, match="killed"):
+        trainer.fit(make_module(), PromptDataModule(batch_size=2), ckpt_path=last)
+    assert exported("last") == in_checkpoint() == exported("step=2")
+
+
+class DieAtFirstBatch(Callback):
+    def on_train_batch_start(self, *args) -> None:
+        raise RuntimeError("killed")
+
+
+def test_stale_temporaries_of_killed_writes_are_removed(tmp_path):
+    from draft_lightning.training.run_files import remove_stale_temporaries
+
+    keep = [tmp_path / "checkpoints" / "last.ckpt", tmp_path / "lora" / "last" / "w.safetensors"]
+    stale = [tmp_path / "checkpoints" / ".last.ckpt.tmp-x1y2", tmp_path / "lora" / ".last.old-7"]
+    for path in keep + [stale[0], stale[1] / "w.safetensors"]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"1")
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted(stale)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)
