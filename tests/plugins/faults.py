@@ -52,12 +52,13 @@ class KillAtStep(Callback):
 
 class SignalAt(Callback):
     """Send this process a signal at a chosen point of step `step`: as the step's batch begins
-    ("step": the signal arrives mid-step) or as the validation after that step begins its
-    first batch ("validation").
+    ("step": the signal arrives mid-step), as the validation after that step begins its
+    first batch ("validation"), or as the base model's validation before training does
+    ("sanity", step 0).
 
     Args:
         step: the global step (optimiser steps taken) at which to send it.
-        where: "step" or "validation".
+        where: "step", "validation" or "sanity".
         signal_name: e.g. "SIGTERM" or "SIGINT".
     """
 
@@ -77,8 +78,9 @@ class SignalAt(Callback):
             self._send()
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
-        fitting = trainer.state.fn == "fit" and not trainer.sanity_checking
-        if self.where == "validation" and fitting and trainer.global_step == self.step:
+        if trainer.state.fn != "fit" or trainer.global_step != self.step:
+            return
+        if self.where == ("sanity" if trainer.sanity_checking else "validation"):
             self._send()
 
 

@@ -383,3 +383,19 @@ def test_stale_temporaries_of_killed_writes_are_removed(tmp_path):
         path.write_bytes(b"1")
     assert sorted(remove_stale_temporaries(tmp_path)) == sorted(stale)
     assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)
+
+
+def test_after_the_run_a_leftover_handler_behaves_as_the_one_it_replaced():
+    import signal
+
+    from draft_lightning.training.stop_signals import StopOnSignal
+
+    stop = StopOnSignal()
+    stop.active = True
+    stop._install()  # as in a run; Lightning's teardown may leave it installed afterwards
+    stop._restore()
+    signal.signal(signal.SIGINT, stop._handler)
+    with pytest.raises(KeyboardInterrupt):  # Ctrl+C works again, e.g. in a notebook
+        os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert stop.received is None

@@ -4,6 +4,7 @@ exit with the shell's status for the signal (143, 130), never 0."""
 from __future__ import annotations
 
 import copy
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,10 @@ class StopOnSignal(Callback):
         self.save_state_after_step = False
 
     def _handler(self, signum: int, frame: Any) -> None:
+        if not self.active:  # left installed by Lightning's teardown after the run: as before
+            signal.signal(signum, self.previous_handlers.get(signum) or signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         if self.received is not None:  # the second signal: no more waiting
             raise RunInterrupted(signum, None, None)
         self.received = signum  # only a flag: anything else here runs amid arbitrary code
@@ -81,9 +86,10 @@ class StopOnSignal(Callback):
             self.previous_handlers.setdefault(signum, previous)
 
     def _restore(self) -> None:
+        # Lightning's teardown may put this handler back afterwards (it saved it as the one
+        # it replaced): inactive, it then hands the signal to the previous handler.
         for signum, previous in self.previous_handlers.items():
             signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
-        self.previous_handlers = {}
         self.active = False
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -93,6 +99,7 @@ class StopOnSignal(Callback):
         if not self.enabled or stage != "fit" or isinstance(environment, SLURMEnvironment):
             return
         self.received = None
+        self.previous_handlers = {}
         self.active = True
         self._install()
 
