@@ -123,6 +123,10 @@ def test_resumed_run_equals_the_uninterrupted_one_and_redoes_the_abandoned_valid
     finished = runs["finished"]
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert "step 2's validation did not finish; validating it first" in finished.stderr
+    # Each command's configuration kept: the first run's, then each resume's beside it.
+    configs = sorted(p.name for p in version(runs["stopped"]).glob("config*.yaml"))
+    assert configs == ["config-resumed-step=2-2.yaml", "config-resumed-step=2.yaml", "config.yaml"]
+    assert "SIGTERM" in (version(runs["stopped"]) / "config.yaml").read_text()
     straight, stopped = runs["straight"], runs["stopped"]
     assert rewards(stopped) == rewards(straight)  # same prompts and rewards, step by step
     ours, reference = lora(stopped), lora(straight)

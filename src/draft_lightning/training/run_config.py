@@ -20,7 +20,7 @@ class SaveRunConfig(SaveConfigCallback):
       in `setup`: a command refused after setup (a checkpoint that does not fit the model,
       say) has written nothing;
     - a resumed run does not overwrite the config.yaml it logs on beside: its own config
-      goes to `config-resumed-step=<N>.yaml`;
+      goes to `config-resumed-step=<N>.yaml` (`...-2.yaml` for a second resume from step N);
     - the file is written atomically;
     - before writing it, the temporaries of atomic writes that a killed process left in the
       run's folder are deleted.
@@ -42,8 +42,10 @@ class SaveRunConfig(SaveConfigCallback):
             return
         remove_stale_temporaries(Path(log_dir))  # of a process killed mid-write
         path = Path(log_dir) / self.config_filename
-        if path.exists():
-            path = path.with_name(f"{path.stem}-resumed-step={trainer.global_step}{path.suffix}")
+        stem, count = f"{path.stem}-resumed-step={trainer.global_step}", 1
+        while path.exists():  # an earlier run's, or an earlier resume's at the same step
+            path = path.with_name(f"{stem}{f'-{count}' if count > 1 else ''}{path.suffix}")
+            count += 1
         path.parent.mkdir(parents=True, exist_ok=True)
         text = self.parser.dump(self.config, skip_none=False)
         write_atomically(path, text.encode())
