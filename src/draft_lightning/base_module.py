@@ -392,6 +392,8 @@ class RewardFineTuningModule(LightningModule):
         checkpoint["rng_states"] = gather_rng_states(self.trainer if self._trainer else None)
         checkpoint["reward_queries"] = self.reward_queries
         checkpoint["base_reward"] = self.base_reward
+        # The evaluations so far, so a resumed run's summary starts at the base model's.
+        checkpoint["eval_history"] = [[step, values] for step, values in self.eval_history]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = {_current_name(k): v for k, v in checkpoint["state_dict"].items()}
@@ -399,15 +401,26 @@ class RewardFineTuningModule(LightningModule):
         self.check_trained_weights({name: tuple(value.shape) for name, value in state.items()})
         self.reward_queries = int(checkpoint.get("reward_queries", 0))
         self.base_reward = checkpoint.get("base_reward")
+        self.eval_history = [(step, values) for step, values in checkpoint.get("eval_history", [])]
         states = checkpoint.get("rng_states")
         rank = self.global_rank
         if states is not None and rank < len(states):
             restore_rng_states(states[rank])
 
     def check_trained_weights(self, shapes: dict[str, tuple[int, ...]]) -> None:
-        """Refuse a checkpoint (given as weight name -> shape) that lacks a trained weight or
-        holds it in another shape. Loading is not strict (frozen weights are not in the
-        file), so without this a resume would silently start from a fresh adapter."""
+        """Refuse a checkpoint (given as weight name -> shape) that lacks a trained weight,
+        holds it in another shape, or holds trained weights this model does not have.
+        Loading is not strict (frozen weights are not in the file), so without this a
+        resume would silently start from a fresh adapter, or fail in the optimiser's state."""
+        trained = {name for name, p in self.named_parameters() if p.requires_grad}
+        extra = sorted(set(shapes) - trained)
+        if extra:  # e.g. trained with more target_modules: the optimiser state would not fit
+            raise ConfigError(
+                f"ckpt_path: the checkpoint does not fit this model's adapter ({len(extra)} "
+                f"trained weights in the file are not in this model's adapter, e.g. "
+                f"{extra[0]}): resume with the model and lora settings it was trained with "
+                f"(lora.target_modules={self.lora.target_modules})"
+            )
         for name, parameter in self.named_parameters():
             if not parameter.requires_grad:
                 continue

@@ -10,6 +10,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from draft_lightning.file_modes import as_if_created
+
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
     """`cache_dir`, else $DRAFT_LIGHTNING_CACHE, else ~/.cache/draft_lightning."""
@@ -38,6 +40,7 @@ def cached_build(
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
     try:
+        as_if_created(tmp)  # not mkdtemp's 0700: readable as far as the umask allows
         build(tmp)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -63,6 +66,7 @@ def atomic_folder(target: str | Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
+        as_if_created(tmp)  # not mkdtemp's 0700: readable as far as the umask allows
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

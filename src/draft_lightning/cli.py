@@ -4,7 +4,9 @@ PromptDataModule (fit, validate, test, predict).
 A refused configuration prints exactly one line, `error: <message>`, and exits with status 2:
 a bad value (ConfigError), weights that cannot be found (ModelUnavailableError), a Trainer
 setting Lightning refuses, or a value jsonargparse cannot parse (without its usage dump).
-Anything else is a bug and keeps its traceback.
+So does a run the non-finite guard stopped. A run stopped by SIGTERM or SIGINT prints one
+line saying how to resume and exits 143 or 130 (training/stop_signals.py). Anything else is
+a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -53,9 +55,11 @@ def _cli_class():
             subcommand = self.config.get("subcommand")
             config = self.config.get(subcommand) if subcommand else self.config
             if config is not None and config.get("ckpt_path") == "last":
-                resume_last(config)
+                resume_last(config, log_on=subcommand in (None, "fit"))
+            if config is not None:
+                check_optimizer(config)
             if config is not None and config.get("ckpt_path"):
-                check_checkpoint(str(config["ckpt_path"]))
+                check_checkpoint(str(config["ckpt_path"]), config)
             self._held_seed_records = _HoldRecords()
             logging.getLogger(SEED_LOGGER).addFilter(self._held_seed_records)
 
@@ -108,12 +112,15 @@ def _cli_class():
             from lightning.pytorch.callbacks import ModelCheckpoint
 
             from draft_lightning.training.before_after import BeforeAfter
+            from draft_lightning.training.best_checkpoint import BestCheckpoint
             from draft_lightning.training.image_writer import ImageWriter
             from draft_lightning.training.lora_export import LoraExport
             from draft_lightning.training.monitoring import RunMonitor
             from draft_lightning.training.nonfinite_guard import NonFiniteGuard
+            from draft_lightning.training.pending_validation import PendingValidation
             from draft_lightning.training.run_summary import RunSummary
             from draft_lightning.training.slurm import SlurmRequeue
+            from draft_lightning.training.stop_signals import StopOnSignal
 
             # A config without model.class_path trains DraftModule (flat keys such as
             # --model.pretrained_model fill its arguments); DDPOModule is chosen by class_path.
@@ -126,7 +133,7 @@ def _cli_class():
                     "checkpoint.every_n_train_steps": 100,
                 }
             )
-            parser.add_lightning_class_args(ModelCheckpoint, "best_checkpoint")
+            parser.add_lightning_class_args(BestCheckpoint, "best_checkpoint")
             parser.set_defaults(
                 {
                     "best_checkpoint.monitor": "val/reward",
@@ -149,6 +156,8 @@ def _cli_class():
             parser.add_lightning_class_args(BeforeAfter, "comparison")
             parser.add_lightning_class_args(RunSummary, "run_summary")
             parser.add_lightning_class_args(SlurmRequeue, "slurm_requeue")
+            parser.add_lightning_class_args(StopOnSignal, "stop_signals")
+            parser.add_lightning_class_args(PendingValidation, "pending_validation")
 
         def instantiate_trainer(self, **kwargs):
             from lightning.pytorch.callbacks import ProgressBar
@@ -179,12 +188,14 @@ def _cli_class():
     return DraftCLI
 
 
-def resume_last(config) -> None:
-    """`--ckpt_path last`: the newest last.ckpt among this run's TensorBoard versions, and log
-    on into that version. Lightning alone looks only in the new version's folder, so a run
-    preempted under versioned logs would start again from zero. Without any last.ckpt,
-    Lightning's own handling remains (a warning, then a fresh start), which suits requeue
-    scripts that always pass --ckpt_path last."""
+def resume_last(config, log_on: bool = True) -> None:
+    """`--ckpt_path last`: the newest last.ckpt among this run's TensorBoard versions, and
+    (`log_on`, for fit) log on into that version. Lightning alone looks only in the new
+    version's folder, so a run preempted under versioned logs would start again from zero.
+    validate, test and predict log into a version of their own: the training run's
+    config.yaml and hparams stay as they were. Without any last.ckpt, Lightning's own
+    handling remains (a warning, then a fresh start), which suits requeue scripts that
+    always pass --ckpt_path last."""
     from pathlib import Path
 
     logger = config.get("trainer", {}).get("logger")
@@ -197,13 +208,16 @@ def resume_last(config) -> None:
     found = sorted(root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
     if found:
         config["ckpt_path"] = str(found[-1])
-        args["version"] = found[-1].parent.parent.name
+        if log_on:
+            args["version"] = found[-1].parent.parent.name
 
 
-def check_checkpoint(path: str) -> None:
-    """Refuse a missing or unreadable --ckpt_path in one line before any model loads (else
-    Lightning fails with a traceback after the weights are in memory). Lightning's named
-    checkpoints ("last" with none found, "best", "hpc") are left to it."""
+def check_checkpoint(path: str, config=None) -> None:
+    """Refuse a missing or unreadable --ckpt_path, or one whose LoRA rank is not the
+    config's, in one line before any model loads (else Lightning fails with a traceback
+    after the weights are in memory, and the full check of every weight's shape,
+    check_trained_weights, runs only then). Lightning's named checkpoints ("last" with none
+    found, "best", "hpc") are left to it."""
     from pathlib import Path
 
     import torch
@@ -226,6 +240,65 @@ def check_checkpoint(path: str) -> None:
     required = "loops" if sharded else "state_dict"
     if not isinstance(checkpoint, dict) or required not in checkpoint:
         raise ConfigError(f"ckpt_path={path!r} is not a Lightning checkpoint (no {required})")
+    rank = _model_args(config).get("lora", {}).get("rank", 8)  # LoraSettings' default
+    found = sorted(
+        {int(v.shape[0]) for k, v in checkpoint.get("state_dict", {}).items() if ".lora_A." in k}
+    )
+    if found and found != [rank]:
+        raise ConfigError(
+            f"ckpt_path={path!r} holds a LoRA adapter of rank {', '.join(map(str, found))}; "
+            f"this config has model.lora.rank={rank}: resume with the lora settings it was "
+            "trained with"
+        )
+
+
+# What torch's optimisers say about a bad value -> (the key, what is allowed).
+OPTIMIZER_VALUES = {
+    "learning rate": ("lr", "a number >= 0"),
+    "epsilon": ("eps", "a number >= 0"),
+    "beta parameter": ("betas", "two numbers in [0, 1)"),
+    "weight_decay": ("weight_decay", "a number >= 0"),
+    "momentum": ("momentum", "a number >= 0"),
+}
+
+
+def check_optimizer(config) -> None:
+    """Build the configured optimiser over one dummy weight, so that a value it refuses (a
+    negative learning rate, a beta of 1) is one line before any model loads, not a
+    traceback once the weights are in memory and the version folder exists."""
+    import torch
+    from jsonargparse import Namespace
+
+    optimizer = _model_args(config).get("optimizer")
+    if not isinstance(optimizer, dict) or not optimizer.get("class_path"):
+        return
+    from jsonargparse._util import import_object
+
+    init_args = optimizer.get("init_args") or {}
+    kwargs = init_args.as_dict() if isinstance(init_args, Namespace) else dict(init_args)
+    try:
+        factory = import_object(optimizer["class_path"])
+        factory([torch.zeros(1, requires_grad=True)], **kwargs)
+    except (ValueError, TypeError) as error:
+        name = optimizer["class_path"].rsplit(".", 1)[-1]
+        message = " ".join(str(error).split())
+        for phrase, (key, allowed) in OPTIMIZER_VALUES.items():
+            if phrase in message and key in kwargs:
+                raise ConfigError(
+                    f"model.optimizer.init_args.{key}={kwargs[key]!r}: must be {allowed} "
+                    f"({name}: {message})"
+                ) from None
+        raise ConfigError(f"model.optimizer ({name}, {kwargs}): {message}") from None
+
+
+def _model_args(config) -> dict:
+    """The model's init arguments as plain dicts (subclass mode nests them in init_args)."""
+    from jsonargparse import Namespace
+
+    model = (config or {}).get("model") or {}
+    if isinstance(model, Namespace):
+        model = model.as_dict()
+    return model.get("init_args") or model
 
 
 def missing_model_downloads(config) -> list[ModelUnavailableError]:
@@ -237,8 +310,7 @@ def missing_model_downloads(config) -> list[ModelUnavailableError]:
 
     if offline_reason() is None:
         return []
-    model = (config or {}).get("model") or {}
-    init_args = model.get("init_args") or model  # subclass mode nests them
+    init_args = _model_args(config)
     missing = []
     for key, resolve in (("pretrained_model", resolve_pretrained), ("pretrained_vae", resolve_vae)):
         name = init_args.get(key)
@@ -276,7 +348,11 @@ def main(args: list[str] | None = None) -> None:
     import draft_lightning.rewards  # noqa: F401
     from draft_lightning.base_module import RewardFineTuningModule
     from draft_lightning.data import PromptDataModule
+    from draft_lightning.training.nonfinite_guard import NonFiniteError
     from draft_lightning.training.quiet import quiet_lightning_noise
+    from draft_lightning.training.run_config import SaveRunConfig
+    from draft_lightning.training.stop_signals import RunInterrupted
+    from draft_lightning.unknown_class import unknown_class_message
 
     quiet_lightning_noise()  # what a user cannot act on (training/quiet.py says which)
 
@@ -286,12 +362,49 @@ def main(args: list[str] | None = None) -> None:
             PromptDataModule,
             # DraftModule (the default, see add_arguments_to_parser) or DDPOModule.
             subclass_mode_model=True,
+            save_config_callback=SaveRunConfig,  # when the work starts, beside an earlier one
             save_config_kwargs={"overwrite": True},
             args=args,
         )
-    except (ConfigError, ModelUnavailableError, ArgumentError) as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)  # one line
+    except (ConfigError, ModelUnavailableError, ArgumentError, NonFiniteError) as error:
+        message = " ".join(str(error).split())
+        if isinstance(error, ArgumentError):
+            message = unknown_class_message(message) or message
+        print(f"error: {message}", file=sys.stderr)  # one line
         raise SystemExit(2) from None
+    except RunInterrupted as stop:
+        argv = sys.argv if args is None else ["lightning", *args]
+        print(interrupted_line(stop, argv), file=sys.stderr)  # the run's last line
+        raise SystemExit(stop.exit_status) from None
+
+
+def interrupted_line(stop, argv: list[str]) -> str:
+    """What happened and the command that resumes, e.g. `stopped by SIGTERM at step 7:
+    checkpoint runs/x/version_0/checkpoints/last.ckpt; resume with: lightning fit ...
+    --ckpt_path last`."""
+    import shlex
+    from pathlib import Path
+
+    name = stop.args[0]
+    command = [Path(argv[0]).name]
+    skip = False
+    for arg in argv[1:]:  # the same command, without any earlier --ckpt_path
+        if skip or arg.startswith("--ckpt_path="):
+            skip = False
+            continue
+        skip = arg == "--ckpt_path"
+        if not skip:
+            command.append(arg)
+    if stop.checkpoint is None:
+        return (
+            f"stopped by a second {name} before the step ended: no new checkpoint (the last "
+            f"one saved is intact); resume with: {shlex.join([*command, '--ckpt_path', 'last'])}"
+        )
+    target = "last" if stop.found_by_last else str(stop.checkpoint)
+    return (
+        f"stopped by {name} at step {stop.step}: checkpoint {stop.checkpoint}; resume with: "
+        f"{shlex.join([*command, '--ckpt_path', target])}"
+    )
 
 
 if __name__ == "__main__":

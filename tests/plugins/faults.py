@@ -48,3 +48,65 @@ class KillAtStep(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SignalAt(Callback):
+    """Send this process a signal at a chosen point of step `step`: as the step's batch begins
+    ("step": the signal arrives mid-step), as the validation after that step begins its
+    first batch ("validation"), or as the base model's validation before training does
+    ("sanity", step 0).
+
+    Args:
+        step: the global step (optimiser steps taken) at which to send it.
+        where: "step", "validation" or "sanity".
+        signal_name: e.g. "SIGTERM" or "SIGINT".
+    """
+
+    def __init__(self, step: int, where: str = "step", signal_name: str = "SIGTERM") -> None:
+        self.step = step
+        self.where = where
+        self.signum = getattr(signal, signal_name)
+        self.sent = False
+
+    def _send(self) -> None:
+        if not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.where == "step" and trainer.global_step == self.step:
+            self._send()
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if trainer.state.fn != "fit" or trainer.global_step != self.step:
+            return
+        if self.where == ("sanity" if trainer.sanity_checking else "validation"):
+            self._send()
+
+
+class NaNScores(Brightness):
+    """Brightness with NaN scores on purpose: on chosen training calls (counted from 0,
+    every image), and, with `validation`, on every other image of each evaluation.
+
+    Args:
+        train_calls: the training-time calls whose scores are all NaN.
+        validation: NaN for the even-numbered images of every evaluation batch.
+    """
+
+    def __init__(self, train_calls: list[int] | None = None, validation: bool = False) -> None:
+        super().__init__(name="brightness")
+        self.train_calls = set(train_calls or [])
+        self.validation = validation
+        self.calls = 0
+
+    def forward(self, images, prompts):
+        scores = super().forward(images, prompts)
+        if images.requires_grad:
+            call, self.calls = self.calls, self.calls + 1
+            if call in self.train_calls:
+                scores = scores * float("nan")
+        elif self.validation:
+            nan = torch.zeros_like(scores)
+            nan[::2] = float("nan")
+            scores = scores + nan
+        return scores

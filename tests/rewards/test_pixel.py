@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from draft_lightning.errors import ConfigError
 from draft_lightning.rewards import (
     Brightness,
     Colorfulness,
@@ -137,7 +138,7 @@ def test_quant_table_scaling():
 
 @pytest.mark.parametrize("quality", [0, 101, -5, 50.5, True])
 def test_jpeg_quality_validation(quality):
-    with pytest.raises(ValueError, match=r"quality must be an integer in 1\.\.100, got") as err:
+    with pytest.raises(ConfigError, match=r"quality=.*: must be an integer in 1\.\.100") as err:
         JPEGCompressibility(quality=quality)
     assert repr(quality) in str(err.value)
     assert "\n" not in str(err.value)
@@ -306,10 +307,19 @@ def test_score_runs_each_sub_reward_once():
 @pytest.mark.parametrize(
     ("kwargs", "pattern"),
     [
-        ({"rewards": []}, "empty list"),
-        ({"rewards": [Brightness()], "weights": [1.0, 2.0]}, r"2 weights \[1\.0, 2\.0\] for 1"),
-        ({"rewards": [Brightness()], "weights": [float("nan")]}, "finite, got nan"),
-        ({"rewards": [Brightness(), Tiny()], "weights": [1.0, float("inf")]}, "finite, got inf"),
+        ({"rewards": []}, r"rewards=\[\]: needs at least one"),
+        (
+            {"rewards": [Brightness()], "weights": [1.0, 2.0]},
+            r"weights=\[1\.0, 2\.0\]: 2 weights for 1",
+        ),
+        (
+            {"rewards": [Brightness()], "weights": [float("nan")]},
+            r"weights=\[nan\]: each weight must be finite",
+        ),
+        (
+            {"rewards": [Brightness(), Tiny()], "weights": [1.0, float("inf")]},
+            r"weights=\[1\.0, inf\]: each weight must be finite",
+        ),
         ({"rewards": [Brightness(), Brightness()]}, r"duplicates \['brightness'\]"),
         (
             {"rewards": [WeightedSum([Tiny(), Brightness()], name="a"), Brightness(name="tiny")]},
@@ -318,7 +328,7 @@ def test_score_runs_each_sub_reward_once():
     ],
 )
 def test_weighted_sum_validation(kwargs, pattern):
-    with pytest.raises(ValueError, match=pattern) as err:
+    with pytest.raises(ConfigError, match=pattern) as err:
         WeightedSum(**kwargs)
     assert "\n" not in str(err.value)
 

@@ -74,7 +74,8 @@ def test_nonfinite_steps_are_skipped_counted_and_leave_weights_unchanged(tiny_sd
 def test_too_many_nonfinite_steps_stop_the_run_with_a_loadable_checkpoint(tiny_sd, tmp_path):
     module = make_module(reward=NaNAt(set(), from_call=2))
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
-    with pytest.raises(NonFiniteError, match="3 consecutive steps") as error:
+    # Calls 2, 3, 4 are steps 3, 4, 5 as the logs and checkpoints number them.
+    with pytest.raises(NonFiniteError, match=r"steps 3 to 5 \(3 in a row, patience=3\)") as error:
         trainer(tmp_path, 20, [NonFiniteGuard(patience=3), checkpoints]).fit(
             module, PromptDataModule(batch_size=2)
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 
 from draft_lightning.errors import ConfigError
 from draft_lightning.evaluation.diversity import PromptDiversity, prompt_ids
@@ -24,10 +24,12 @@ class Evaluator(nn.Module):
 
     def __init__(self, reward_names: list[str], category_field: str | None = None) -> None:
         super().__init__()
-        # torchmetrics averages over every sample of every rank.
-        self.metrics = nn.ModuleDict(
-            {"reward": MeanMetric(), **{f"reward/{n}": MeanMetric() for n in reward_names}}
-        )
+        # torchmetrics averages over every sample of every rank. A non-finite score makes
+        # the mean non-finite (torchmetrics would drop it with a warning by default, and the
+        # mean of the rest would pass for the evaluation's) and is counted in `nonfinite`.
+        names = ["reward", *(f"reward/{n}" for n in reward_names)]
+        self.metrics = nn.ModuleDict({n: MeanMetric(nan_strategy="disable") for n in names})
+        self.nonfinite = SumMetric()
         self.diversity = PromptDiversity()
         self.category_field = category_field
         self.samples: list[dict] = []  # this evaluation's thumbnails and scores
@@ -42,6 +44,7 @@ class Evaluator(nn.Module):
     ) -> None:
         """Add one batch of generated images and their scores."""
         self.metrics["reward"].update(reward)
+        self.nonfinite.update((~torch.isfinite(reward.detach())).sum().float())
         for name, scores in parts.items():
             self.metrics[f"reward/{name}"].update(scores)
         self.diversity.cosine = features is not None
@@ -64,7 +67,8 @@ class Evaluator(nn.Module):
         resets for the next one. Every rank must call it (it gathers)."""
         values = {f"{stage}/{k}": m.compute() for k, m in self.metrics.items()}
         values[f"{stage}/diversity"] = self.diversity.compute()
-        for metric in [*self.metrics.values(), self.diversity]:
+        values[f"{stage}/nonfinite"] = self.nonfinite.compute()  # samples, over all ranks
+        for metric in [*self.metrics.values(), self.diversity, self.nonfinite]:
             metric.reset()
         samples = gather_samples(self.samples, world_size)
         self.samples = []

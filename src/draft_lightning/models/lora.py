@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from draft_lightning.errors import ConfigError
+from draft_lightning.file_modes import as_if_created
 from draft_lightning.models.sharding import full_tensor
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
@@ -217,6 +218,7 @@ def write_folder_atomically(folder: Path, fill: Callable[[Path], None]) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
+        as_if_created(tmp)  # not mkdtemp's 0700: readable as far as the umask allows
         fill(tmp)
         old = None
         if folder.exists():

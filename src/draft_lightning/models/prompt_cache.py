@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from draft_lightning.errors import ConfigError
+from draft_lightning.file_modes import as_if_created
 from draft_lightning.samplers.conditioning import Conditioning
 
 UNCONDITIONAL = "unconditional.safetensors"
@@ -97,6 +98,7 @@ class PromptEmbeddingCache:
         handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
         os.close(handle)
         try:
+            as_if_created(tmp)  # not mkstemp's 0600: readable as far as the umask allows
             write(tmp)
             os.replace(tmp, path)
         except BaseException:

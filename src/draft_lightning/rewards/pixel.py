@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from draft_lightning.errors import ConfigError
 from draft_lightning.rewards.base import Reward
 
 # ITU-R BT.601 luma weights, the ones JPEG/JFIF uses for Y.
@@ -72,7 +73,7 @@ class Colorfulness(Reward):
         """
         super().__init__(name)
         if not (eps > 0 and math.isfinite(eps)):
-            raise ValueError(f"eps must be a finite positive number, got {eps!r}")
+            raise ConfigError(f"{type(self).__name__} eps={eps!r}: must be a finite number > 0")
         self.eps = eps
 
     def forward(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
@@ -112,7 +113,7 @@ def jpeg_quant_table(quality: int = 50) -> torch.Tensor:
 
 def _check_quality(quality: int) -> None:
     if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
-        raise ValueError(f"quality must be an integer in 1..100, got {quality!r}")
+        raise ConfigError(f"JPEGCompressibility quality={quality!r}: must be an integer in 1..100")
 
 
 class JPEGCompressibility(Reward):

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from draft_lightning.errors import ConfigError
 from draft_lightning.rewards.base import Reward
 
 
@@ -31,23 +32,25 @@ class WeightedSum(Reward):
         super().__init__(name)
         rewards = list(rewards)
         if not rewards:
-            raise ValueError("WeightedSum needs at least one reward, got an empty list")
+            raise ConfigError("WeightedSum rewards=[]: needs at least one reward")
         for r in rewards:
             if not isinstance(r, Reward):
                 raise TypeError(f"WeightedSum takes Reward instances, got {type(r).__name__}")
         weights = [1.0] * len(rewards) if weights is None else [float(w) for w in weights]
         if len(weights) != len(rewards):
-            raise ValueError(
-                f"got {len(weights)} weights {weights} for {len(rewards)} rewards; "
-                "need one weight per reward"
+            raise ConfigError(
+                f"WeightedSum weights={weights}: {len(weights)} weights for {len(rewards)} "
+                "rewards; need one weight per reward"
             )
         for w in weights:
             if not math.isfinite(w):
-                raise ValueError(f"weights must be finite, got {w} in {weights}")
+                raise ConfigError(f"WeightedSum weights={weights}: each weight must be finite")
         names = [n for r in rewards for n in r.part_names]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"reward names must be unique, got duplicates {dupes} in {names}")
+            raise ConfigError(
+                f"WeightedSum rewards: names must be unique, got duplicates {dupes} in {names}"
+            )
         self.rewards = nn.ModuleList(rewards)
         self.weights = weights
 

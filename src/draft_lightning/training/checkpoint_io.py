@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from draft_lightning.file_modes import as_if_created
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -19,7 +22,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     is on another filesystem than the run (the usual case on clusters), so a job killed
     mid-save can leave a truncated last.ckpt. A rename within one folder is atomic.
     Loading stays Lightning's (weights_only where Lightning asks for it).
+
+    `after_save` callables run with the path once a file is in place: what must never be
+    ahead of the checkpoint (the exported LoRA, LoraExport) is written then.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.after_save: list[Callable[[Path], None]] = []
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
@@ -32,6 +42,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+        as_if_created(tmp)  # not mkstemp's 0600: readable as far as the umask allows
         try:
             with os.fdopen(handle, "wb") as file:
                 torch.save(checkpoint, file)
@@ -41,3 +52,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        for hook in self.after_save:
+            hook(path)

@@ -3,12 +3,16 @@ on request kohya-ss's (AUTOMATIC1111, ComfyUI), each with a model card."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from draft_lightning.errors import ConfigError
 from draft_lightning.evaluation.image_grid import evaluation_grid
+from draft_lightning.training.checkpoint_io import AtomicCheckpointIO
 from draft_lightning.training.logger_media import png_bytes
 from draft_lightning.training.model_card import SAMPLES_NAME, CardFacts, model_card
 from draft_lightning.training.run_files import run_dir
@@ -23,6 +27,11 @@ class LoraExport(Callback):
     `<log_dir>/lora/step=<N>/` and `<log_dir>/lora/last/`, each folder written whole
     (temporary folder, then rename) with a `README.md` model card and the latest
     validation grid (`samples.png`).
+
+    An export at a checkpoint is written once the checkpoint file is in place (the
+    checkpoint IO calls back, or, for a save it does not report, the next hook), so
+    `lora/last` is never ahead of `last.ckpt`; a resumed run whose `lora/last` is behind
+    its checkpoint (killed between the two) exports again before training.
 
     Only rank 0 writes. Under DDP nothing here waits on other ranks; a sharded adapter is first
     gathered, a collective that every rank reaches because Lightning runs both hooks on every
@@ -59,18 +68,46 @@ class LoraExport(Callback):
                 f"lora_export.formats has kohya, which is for SD 1.x/2.x and SDXL; this "
                 f"model is {family.display_name}: use [diffusers]"
             )
+        self.pending: Callable[[], None] | None = None
+        io = trainer.strategy.checkpoint_io
+        self.checkpoint_io = io if isinstance(io, AtomicCheckpointIO) else None
+        if self.checkpoint_io is not None:
+            self.checkpoint_io.after_save.append(self.write_pending)
 
-    def export(self, trainer: Trainer, pl_module: LightningModule, step: int) -> None:
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.write_pending()
+        if self.checkpoint_io is not None and self.write_pending in self.checkpoint_io.after_save:
+            self.checkpoint_io.after_save.remove(self.write_pending)
+
+    def export(
+        self, trainer: Trainer, pl_module: LightningModule, step: int, now: bool = True
+    ) -> None:
+        """Export the adapter as it is at `step`: now, or (`now=False`) at write_pending."""
         state = pl_module.pipeline.lora_state()  # gathered on every rank when sharded
         if trainer.global_rank != 0:
             return
+        state = {name: value.detach().clone() for name, value in state.items()}
         root = run_dir(trainer) / self.dirname
         extra = self.card_files(trainer, pl_module, step) if self.model_card else {}
         # Written by the family's own pipeline class, so its load_lora_weights reads it.
         formats = tuple(self.formats)
-        if self.keep_steps:
-            pl_module.pipeline.save_lora(root / f"step={step}", state, formats, extra)
-        pl_module.pipeline.save_lora(root / "last", state, formats, extra)
+
+        def write() -> None:
+            if self.keep_steps:
+                pl_module.pipeline.save_lora(root / f"step={step}", state, formats, extra)
+            pl_module.pipeline.save_lora(root / "last", state, formats, extra)
+
+        self.pending = None
+        if now:
+            write()
+        else:
+            self.pending = write
+
+    def write_pending(self, checkpoint_path: Path | None = None) -> None:
+        """Write the export held back until its checkpoint was in place."""
+        pending, self.pending = getattr(self, "pending", None), None
+        if pending is not None:
+            pending()
 
     def card_files(
         self, trainer: Trainer, pl_module: LightningModule, step: int
@@ -106,7 +143,47 @@ class LoraExport(Callback):
     def on_save_checkpoint(
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        self.export(trainer, pl_module, checkpoint["global_step"])
+        # Called before the checkpoint is written: the export waits for it (write_pending).
+        self.export(trainer, pl_module, checkpoint["global_step"], now=False)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.ckpt_path is None:
+            return
+        behind = False
+        if trainer.global_rank == 0:
+            behind = not self.matches_last_export(trainer, pl_module)
+        if trainer.strategy.broadcast(behind, src=0):  # killed between checkpoint and export
+            self.export(trainer, pl_module, trainer.global_step)
+
+    def matches_last_export(self, trainer: Trainer, pl_module: LightningModule) -> bool:
+        """Whether `lora/last` holds this (just restored) adapter, weight for weight."""
+        from safetensors.torch import load_file
+
+        file = run_dir(trainer) / self.dirname / "last" / "pytorch_lora_weights.safetensors"
+        if "diffusers" not in self.formats:
+            return True  # nothing here to compare with: leave it
+        if not file.is_file():
+            return False
+        return fingerprint(load_file(file)) == fingerprint(pl_module.pipeline.lora_state())
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
+        self.write_pending()  # a save the checkpoint IO did not report (sharded folders)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.write_pending()
+
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None:
+        self.pending = None  # its checkpoint may not have been written: never run ahead
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.export(trainer, pl_module, trainer.global_step)
+
+
+def fingerprint(state: dict[str, torch.Tensor]) -> list[tuple]:
+    """Each tensor's shape, sum and norm, sorted: equal for the same weights under
+    diffusers' names and peft's, different once a step has changed them."""
+    return sorted(
+        (tuple(t.shape), float(t.double().sum()), float(t.double().norm())) for t in state.values()
+    )

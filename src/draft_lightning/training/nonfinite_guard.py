@@ -40,6 +40,7 @@ class NonFiniteGuard(Callback):
         params = [p for group in optimizer.param_groups for p in group["params"]]
         grads = [p.grad for p in params if p.grad is not None]
         bad = torch.zeros((), device=pl_module.device)
+        norm = torch.full((), float("nan"), device=pl_module.device)
         if grads:
             norm = full_tensor(torch.nn.utils.get_total_norm(grads))  # sharded: every rank's
             bad = bad + (~torch.isfinite(norm)).float()
@@ -56,15 +57,20 @@ class NonFiniteGuard(Callback):
         self.skipped += 1
         self.in_a_row += 1
         pl_module.log("train/skipped_steps", float(self.skipped), on_step=True)
+        # This step's own norm (NaN/inf): without it the logger repeats the previous step's,
+        # since the module finds no gradient to measure once they are dropped.
+        pl_module.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+        step = trainer.global_step + 1  # counted as the logs and checkpoints count it
         rank_zero_warn(
-            f"non-finite loss or gradient at step {trainer.global_step}: optimiser step skipped "
+            f"non-finite loss or gradient in step {step}: optimiser step skipped "
             f"({self.in_a_row} in a row, {self.skipped} in total)"
         )
         if self.in_a_row >= self.patience:
             raise NonFiniteError(
-                f"{self.in_a_row} consecutive steps had a non-finite loss or gradient (up to "
-                f"step {trainer.global_step}); stopping. The last checkpoint is intact; lower "
-                "the learning rate or check the reward"
+                f"nonfinite_guard: steps {step - self.in_a_row + 1} to {step} "
+                f"({self.in_a_row} in a row, patience={self.patience}) had a non-finite loss "
+                "or gradient; stopped. The last checkpoint is intact: lower the learning rate "
+                "or check the reward, then resume with --ckpt_path last"
             )
 
     def state_dict(self) -> dict[str, int]:

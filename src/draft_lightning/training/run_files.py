@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from lightning.pytorch import Trainer
@@ -19,3 +20,16 @@ def write_atomically(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete what atomic writes left behind in `folder` when a process died mid-write (the
+    `.<name>.tmp-*` file or folder that was never renamed into place, the `.<name>.old-*` one
+    never deleted); call it before this run writes anything there. Returns what went."""
+    stale = [p for pattern in (".*.tmp-*", ".*.old-*") for p in folder.rglob(pattern)]
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale
