@@ -20,7 +20,8 @@ LoraFormat = Literal["diffusers", "kohya"]
 class LoraExport(Callback):
     """Export the trained adapter at every checkpoint and at the end, with a model card.
 
-    `<log_dir>/lora/step=<N>/` and `<log_dir>/lora/last/`, each folder written whole
+    `<log_dir>/lora/step=<N>/` and `<log_dir>/lora/last/` (and `lora/best/`, written by
+    the best checkpoint when it changes), each folder written whole
     (temporary folder, then rename) with a `README.md` model card and the latest
     validation grid (`samples.png`).
 
@@ -61,16 +62,22 @@ class LoraExport(Callback):
             )
 
     def export(self, trainer: Trainer, pl_module: LightningModule, step: int) -> None:
+        folders = [f"step={step}", "last"] if self.keep_steps else ["last"]
+        self.export_as(trainer, pl_module, step, *folders)
+
+    def export_as(
+        self, trainer: Trainer, pl_module: LightningModule, step: int, *folders: str
+    ) -> None:
+        """Write the adapter of `step` into each of `folders` under the export folder (the
+        best checkpoint exports `best` this way). Every rank must call it."""
         state = pl_module.pipeline.lora_state()  # gathered on every rank when sharded
         if trainer.global_rank != 0:
             return
         root = run_dir(trainer) / self.dirname
         extra = self.card_files(trainer, pl_module, step) if self.model_card else {}
         # Written by the family's own pipeline class, so its load_lora_weights reads it.
-        formats = tuple(self.formats)
-        if self.keep_steps:
-            pl_module.pipeline.save_lora(root / f"step={step}", state, formats, extra)
-        pl_module.pipeline.save_lora(root / "last", state, formats, extra)
+        for folder in folders:
+            pl_module.pipeline.save_lora(root / folder, state, tuple(self.formats), extra)
 
     def card_files(
         self, trainer: Trainer, pl_module: LightningModule, step: int

@@ -181,9 +181,11 @@ TensorBoardMonitor = RunMonitor
 
 
 def histogram_names(scores: dict[str, Any]) -> list[str]:
-    """ "reward", and each part only when there are several (one part equals the total)."""
-    parts = [name for name in scores if name != "reward"]
-    return ["reward", *parts] if len(parts) > 1 else ["reward"]
+    """ "reward", each part only when there are several (one part equals the total), and
+    each held-out reward ("heldout/<name>")."""
+    heldout = [name for name in scores if name.startswith("heldout/")]
+    parts = [name for name in scores if name != "reward" and name not in heldout]
+    return ["reward", *(parts if len(parts) > 1 else []), *heldout]
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -211,6 +213,12 @@ def layout(pl_module: LightningModule) -> dict[str, dict[str, list]]:
         "reward spread: std over each step's batch": chart("train/reward_std"),
         "validation diversity": chart("val/diversity"),
     }
+    heldout = [r.name for r in getattr(pl_module, "heldout_rewards", [])]
+    if heldout:
+        reward["held-out rewards (never trained on) beside the validation reward"] = chart(
+            "val/reward", *(f"val/heldout/{name}" for name in heldout)
+        )
+    reward["reward hacking: the guard's flag (1 = flagged)"] = chart("val/hacking")
     if len(parts) > 1:
         for name in parts:
             reward[f"reward/{name}: train and validation"] = chart(

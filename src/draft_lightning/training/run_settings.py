@@ -66,7 +66,9 @@ def reward_description(reward) -> str:
 
 def final_metric_tags(pl_module: LightningModule) -> list[str]:
     """The validation scalars a run is judged by: the reward, each part when there are
-    several, diversity, and the gain over the base model."""
+    several, the held-out rewards, diversity, the gain over the base model, and the hacking
+    guard's flag."""
     parts = list(pl_module.reward.part_names)
     tags = ["val/reward", *(f"val/reward/{n}" for n in parts if len(parts) > 1)]
-    return [*tags, "val/reward_gain", "val/diversity"]
+    tags += [f"val/heldout/{r.name}" for r in getattr(pl_module, "heldout_rewards", [])]
+    return [*tags, "val/reward_gain", "val/diversity", "val/hacking"]

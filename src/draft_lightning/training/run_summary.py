@@ -21,6 +21,8 @@ class RunSummary(Callback):
                 f"val/reward: {first['val/reward']:.4f} at step {first_step} -> "
                 f"{last['val/reward']:.4f} at step {last_step}"
             )
+            for tag in (t for t in last if t.startswith("val/heldout/")):  # never trained on
+                rank_zero_info(f"{tag}: {first.get(tag, float('nan')):.4f} -> {last[tag]:.4f}")
         if trainer.logger is not None and trainer.logger.log_dir:
             rank_zero_info(f"TensorBoard logs: {trainer.logger.log_dir}")
             rank_zero_info(f"  tensorboard --logdir {trainer.logger.save_dir}")
