@@ -41,3 +41,19 @@ def logged_rows(cwd: Path) -> list[dict[str, str]]:
     (metrics,) = (cwd / "logs").glob("*/version_0/metrics.csv")
     with open(metrics, newline="") as f:
         return [row for row in csv.DictReader(f) if row.get("train/reward")]
+
+
+def quiet_trainer(max_steps: int):
+    """A CPU Trainer for `max_steps` with no logger, checkpoints, progress bar or validation."""
+    from lightning.pytorch import Trainer
+
+    return Trainer(
+        accelerator="cpu",
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )

@@ -10,8 +10,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
-from lightning_runs import CONFIGS, lightning_fit, logged_rows
+from lightning_runs import CONFIGS, lightning_fit, logged_rows, quiet_trainer
 
 from draft_lightning.data import PromptDataModule
 from draft_lightning.errors import ConfigError, ModelUnavailableError
@@ -21,6 +20,7 @@ from draft_lightning.toy.architecture import ToyArchitecture
 from draft_lightning.toy.classifier import ToyClassifier, load_classifier, save_classifier
 from draft_lightning.toy.classifier_training import ClassifierTraining
 from draft_lightning.toy.data import batch, loader
+from draft_lightning.toy.judge import load_judge
 from draft_lightning.toy.paths import atomic_folder
 from draft_lightning.toy.pretrain import PretrainSettings, pretrain
 from draft_lightning.toy.quality import caption_agreement
@@ -29,6 +29,8 @@ from draft_lightning.toy.rewards import ToyAttributeReward
 TINY = PretrainSettings(
     classifier_steps=4,
     classifier_batch=16,
+    judge_steps=3,
+    judge_batch=16,
     vae_steps=3,
     vae_batch=4,
     unet_steps=3,
@@ -39,19 +41,6 @@ TINY = PretrainSettings(
     quality_steps=2,
     guidance_scales=(1.0, 3.0),
 )
-
-
-def quiet_trainer(max_steps: int) -> Trainer:
-    return Trainer(
-        accelerator="cpu",
-        max_steps=max_steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-    )
 
 
 # --- the world ------------------------------------------------------------------------------
@@ -291,7 +280,7 @@ def test_caption_agreement_counts_attributes_the_images_show():
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     root = tmp_path_factory.mktemp("pretrain")
-    report = pretrain(root / "toy-sd", root / "toy-classifier", TINY)
+    report = pretrain(root / "toy-sd", root / "toy-classifier", TINY, root / "toy-judge")
     return root, report
 
 
@@ -308,8 +297,13 @@ def test_pretraining_writes_an_sd_folder_and_a_quality_report(pretrained):
         assert set(agreement) == {*world.ATTRIBUTES, "all"}
         assert all(0 <= v <= 1 for v in agreement.values())
     assert set(saved["classifier_held_out_accuracy"]) == set(world.ATTRIBUTES)
+    assert set(saved["judge_held_out_accuracy"]) == set(world.ATTRIBUTES)
     assert saved == json.loads(json.dumps(report))
-    assert sorted(p.name for p in root.iterdir()) == ["toy-classifier", "toy-sd"]  # no temps
+    assert sorted(p.name for p in root.iterdir()) == ["toy-classifier", "toy-judge", "toy-sd"]
+    assert (
+        load_judge(root / "toy-judge").attributes
+        == load_classifier(root / "toy-classifier").attributes
+    )
 
 
 def test_pretrained_folder_loads_and_fine_tunes_with_the_toy_reward(pretrained):

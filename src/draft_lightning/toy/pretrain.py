@@ -1,5 +1,6 @@
-"""`make toy`: train the toy classifier, then a tiny SD-1.x-style text-to-image model on the toy
-world, save it as a diffusers folder and report how often its images match their captions.
+"""`make toy`: train the toy classifier (the reward's) and the judge (an independent check of
+it), then a tiny SD-1.x-style text-to-image model on the toy world, save it as a diffusers
+folder and report how often its images match their captions.
 
     python -m draft_lightning.toy.pretrain                      # defaults: under 15 min, 2 cores
     python -m draft_lightning.toy.pretrain --settings.unet_steps 200 --output /tmp/toy-sd
@@ -30,7 +31,13 @@ from draft_lightning.toy import world
 from draft_lightning.toy.architecture import ToyArchitecture, build_unet, build_vae
 from draft_lightning.toy.classifier import ToyClassifier, accuracy, save_classifier
 from draft_lightning.toy.data import HELD_OUT_SEED, batch, loader
-from draft_lightning.toy.paths import atomic_folder, default_classifier_path, default_model_path
+from draft_lightning.toy.judge import ToyJudge, save_judge
+from draft_lightning.toy.paths import (
+    atomic_folder,
+    default_classifier_path,
+    default_judge_path,
+    default_model_path,
+)
 
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
@@ -43,6 +50,9 @@ class PretrainSettings:
     Args:
         classifier_steps: optimiser steps of the attribute classifier.
         classifier_batch: images per classifier step.
+        judge_steps: optimiser steps of the judge (toy/judge.py).
+        judge_batch: images per judge step.
+        judge_seed: seeds the judge's weights, data stream and degradations (not `seed`'s).
         vae_steps: optimiser steps of the VAE.
         vae_batch: images per VAE step.
         vae_kl_weight: weight of the mean KL per latent element against the pixel MSE.
@@ -60,6 +70,9 @@ class PretrainSettings:
 
     classifier_steps: int = 1000
     classifier_batch: int = 128
+    judge_steps: int = 600
+    judge_batch: int = 128
+    judge_seed: int = 1009
     vae_steps: int = 1600
     vae_batch: int = 16
     vae_kl_weight: float = 1e-6
@@ -106,19 +119,51 @@ def _trainer(max_steps: int, stage: str) -> Trainer:
     )
 
 
-def train_classifier(settings: PretrainSettings) -> tuple[ToyClassifier, dict[str, float]]:
-    """Train the attribute classifier; return it with its held-out accuracy per attribute."""
+def train_reader(
+    model, stage: str, steps: int, batch_size: int, seed: int, held_out_images: int
+) -> dict[str, float]:
+    """Train a network that reads attributes (the classifier or the judge) on degraded renders
+    of the world with `seed`; return its held-out accuracy per attribute."""
     from draft_lightning.toy.classifier_training import ClassifierTraining
 
-    seed_everything(settings.seed, verbose=False)
-    model = ToyClassifier()
-    task = ClassifierTraining(model, max_steps=settings.classifier_steps, seed=settings.seed)
-    _trainer(settings.classifier_steps, "classifier").fit(
-        task, loader(settings.seed, settings.classifier_batch)
-    )
+    seed_everything(seed, verbose=False)
+    task = ClassifierTraining(model, max_steps=steps, seed=seed)
+    _trainer(steps, stage).fit(task, loader(seed, batch_size))
     model.eval()
-    held_out = batch(HELD_OUT_SEED, 0, settings.held_out_images)
-    return model, accuracy(model, held_out["images"], held_out["labels"])
+    held_out = batch(HELD_OUT_SEED, 0, held_out_images)
+    return accuracy(model, held_out["images"], held_out["labels"])
+
+
+def train_classifier(settings: PretrainSettings) -> tuple[ToyClassifier, dict[str, float]]:
+    """Train the attribute classifier; return it with its held-out accuracy per attribute."""
+    seed_everything(settings.seed, verbose=False)  # the weights' initialisation
+    model = ToyClassifier()
+    s = settings
+    return model, train_reader(
+        model, "classifier", s.classifier_steps, s.classifier_batch, s.seed, s.held_out_images
+    )
+
+
+def train_judge(settings: PretrainSettings) -> tuple[ToyJudge, dict[str, float]]:
+    """Train the judge like the classifier (rendered ground truth, degraded), with its own
+    seed and data stream; return it with its held-out accuracy per attribute."""
+    seed_everything(settings.judge_seed, verbose=False)  # the weights' initialisation
+    model = ToyJudge()
+    s = settings
+    return model, train_reader(
+        model, "judge", s.judge_steps, s.judge_batch, s.judge_seed, s.held_out_images
+    )
+
+
+def make_judge(settings: PretrainSettings, output: str | Path | None = None) -> dict[str, float]:
+    """Train and save the judge (atomically) into `output` (default: the cache's toy-judge);
+    return its held-out accuracy."""
+    output = Path(output).expanduser() if output else default_judge_path()
+    judge, judge_accuracy = train_judge(settings)
+    with atomic_folder(output) as tmp:
+        save_judge(judge, tmp, {"held_out_accuracy": judge_accuracy, "seed": settings.judge_seed})
+    print(f"judge held-out accuracy: {_fmt(judge_accuracy)}", flush=True)
+    return judge_accuracy
 
 
 def train_vae(settings: PretrainSettings, classifier: ToyClassifier) -> tuple[object, dict]:
@@ -212,9 +257,10 @@ def pretrain(
     output: str | Path | None = None,
     classifier_output: str | Path | None = None,
     settings: PretrainSettings | None = None,
+    judge_output: str | Path | None = None,
 ) -> dict:
-    """Train and save the classifier and the model; return (and save as quality.json in the
-    model folder) the measured figures."""
+    """Train and save the classifier, the judge and the model; return (and save as
+    quality.json in the model folder) the measured figures."""
     from draft_lightning.toy.quality import generation_quality
 
     settings = settings or PretrainSettings()
@@ -230,6 +276,10 @@ def pretrain(
         save_classifier(classifier, tmp, {"held_out_accuracy": classifier_accuracy})
     timings["classifier_s"] = time.perf_counter() - clock
     print(f"classifier held-out accuracy: {_fmt(classifier_accuracy)}", flush=True)
+
+    clock = time.perf_counter()
+    judge_accuracy = make_judge(settings, judge_output)
+    timings["judge_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     vae, vae_report = train_vae(settings, classifier)
@@ -258,6 +308,7 @@ def pretrain(
             "world_version": world.WORLD_VERSION,
             "classifier": str(classifier_output),
             "classifier_held_out_accuracy": classifier_accuracy,
+            "judge_held_out_accuracy": judge_accuracy,
             "vae": vae_report,
             "generation": quality,
             "timings": timings,
@@ -288,20 +339,23 @@ def _quiet() -> None:
 def main(
     output: str | None = None,
     classifier_output: str | None = None,
+    judge_output: str | None = None,
     settings: PretrainSettings = PretrainSettings(),  # noqa: B008 - frozen dataclass
 ) -> None:
-    """Pretrain the toy classifier and text-to-image model and print their figures.
+    """Pretrain the toy classifier, judge and text-to-image model and print their figures.
 
     Args:
         output: model folder (default $DRAFT_LIGHTNING_CACHE/toy-sd).
         classifier_output: classifier folder (default $DRAFT_LIGHTNING_CACHE/toy-classifier).
+        judge_output: judge folder (default $DRAFT_LIGHTNING_CACHE/toy-judge).
         settings: what to train and measure.
     """
     _quiet()
-    report = pretrain(output, classifier_output, settings)
+    report = pretrain(output, classifier_output, settings, judge_output)
     folder = Path(output).expanduser() if output else default_model_path()
     print(f"model: {folder}")
     print(f"classifier held-out accuracy: {_fmt(report['classifier_held_out_accuracy'])}")
+    print(f"judge held-out accuracy: {_fmt(report['judge_held_out_accuracy'])}")
     generation = report["generation"]
     print(
         f"caption agreement of {generation['num_images']} generated images "

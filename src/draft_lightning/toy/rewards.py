@@ -18,7 +18,6 @@ from draft_lightning.errors import ConfigError, ModelUnavailableError
 from draft_lightning.rewards.base import Reward
 from draft_lightning.toy import world
 from draft_lightning.toy.classifier import CONFIG_FILE, WEIGHTS_FILE, load_classifier
-from draft_lightning.toy.paths import default_classifier_path
 
 
 def check_attribute(attribute: str, value: str) -> None:
@@ -37,8 +36,13 @@ def check_attribute(attribute: str, value: str) -> None:
 
 
 def classifier_folder(classifier: str | Path | None) -> Path:
-    """The classifier folder to load: the given one or the one `make toy` caches."""
-    folder = default_classifier_path() if classifier is None else Path(classifier).expanduser()
+    """The classifier folder to load: the given one, or the newest of the one `make toy`
+    caches and the one shipped with the package."""
+    if classifier is None:
+        from draft_lightning.toy.paths import toy_classifier_path
+
+        return toy_classifier_path()
+    folder = Path(classifier).expanduser()
     missing = [name for name in (WEIGHTS_FILE, CONFIG_FILE) if not (folder / name).is_file()]
     if missing:
         raise ModelUnavailableError(
@@ -64,7 +68,8 @@ class ToyAttributeReward(Reward):
             attribute: One of shape, colour, size, position, background.
             value: A value of that attribute (e.g. circle, red, large, left, white).
             classifier: Folder of a trained toy classifier (model.safetensors, config.json).
-                None uses the one `make toy` writes to $DRAFT_LIGHTNING_CACHE/toy-classifier.
+                None uses the newest of the one `make toy` writes to
+                $DRAFT_LIGHTNING_CACHE/toy-classifier and the one shipped with the package.
             name: Key of this reward in logged score parts; default toy_<attribute>_<value>.
             temperature: divides the classifier's logits before the softmax. The classifier
                 is near-certain on toy images, so at 1 the probability is almost 0 or 1 and
