@@ -11,7 +11,9 @@ from draft_lightning.training.lora_export import LoraExport
 
 
 class BestCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint, except that an evaluation whose monitored value is not a
+    """The best checkpoint, never one the hacking guard flagged, exported as lora/best/.
+
+    Lightning's ModelCheckpoint, except that an evaluation whose monitored value is not a
     finite number is never kept (Lightning would keep it while it has fewer than
     `save_top_k` files): the hacking guard's `val/guarded_reward` is NaN at every
     evaluation where a held-out reward or diversity diverged from the training reward.

@@ -34,11 +34,13 @@ def _say(line: str) -> None:
 
 
 class HackingGuard(Callback):
-    """At every validation, flag reward hacking: the training reward higher than when a
-    watched quantity (each held-out reward, and `val/diversity`) was at its best so far,
-    while that quantity has fallen below that best by more than `noise` standard errors of
-    the difference (the spread over the validation prompts and seeds), for `patience`
-    validations in a row.
+    """Flag reward hacking: the training reward rising while a held-out reward falls.
+
+    At every validation, a watched quantity (each held-out reward, and `val/diversity`)
+    diverges when the training reward is higher than when that quantity was at its best so
+    far, while the quantity has fallen below that best by more than `noise` standard errors
+    of the difference (the spread over the validation prompts and seeds). Hacking is flagged
+    after `patience` diverging validations in a row.
 
     Logs `val/hacking` (1 from the `patience`-th such validation on, 0 otherwise) and
     `val/guarded_reward`: the selection criterion (`val/reward`, or `selection`'s weighted
