@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from draft_lightning.errors import ConfigError
 from draft_lightning.evaluation.image_grid import evaluation_grid
 from draft_lightning.models.sharding import full_tensor
+from draft_lightning.training.hacking_guard import HackingGuard
 from draft_lightning.training.logger_media import log_histogram, log_image, log_run_settings
 from draft_lightning.training.run_settings import final_metric_tags, run_settings
 
@@ -218,7 +219,9 @@ def layout(pl_module: LightningModule) -> dict[str, dict[str, list]]:
         reward["held-out rewards (never trained on) beside the validation reward"] = chart(
             "val/reward", *(f"val/heldout/{name}" for name in heldout)
         )
-    reward["reward hacking: the guard's flag (1 = flagged)"] = chart("val/hacking")
+    trainer = pl_module._trainer
+    if trainer is not None and any(isinstance(c, HackingGuard) for c in trainer.callbacks):
+        reward["reward hacking: the guard's flag (1 = flagged)"] = chart("val/hacking")
     if len(parts) > 1:
         for name in parts:
             reward[f"reward/{name}: train and validation"] = chart(

@@ -67,8 +67,12 @@ def reward_description(reward) -> str:
 def final_metric_tags(pl_module: LightningModule) -> list[str]:
     """The validation scalars a run is judged by: the reward, each part when there are
     several, the held-out rewards, diversity, the gain over the base model, and the hacking
-    guard's flag."""
+    guard's flag when the run has the guard."""
     parts = list(pl_module.reward.part_names)
     tags = ["val/reward", *(f"val/reward/{n}" for n in parts if len(parts) > 1)]
     tags += [f"val/heldout/{r.name}" for r in getattr(pl_module, "heldout_rewards", [])]
-    return [*tags, "val/reward_gain", "val/diversity", "val/hacking"]
+    tags += ["val/reward_gain", "val/diversity"]
+    trainer = pl_module._trainer
+    if trainer is not None and any(hasattr(c, "flagged_steps") for c in trainer.callbacks):
+        tags.append("val/hacking")  # the hacking guard's flag
+    return tags
