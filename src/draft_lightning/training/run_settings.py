@@ -7,6 +7,8 @@ from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 
+from draft_lightning.training.hacking_guard import HACKING_TAG, HackingGuard
+
 
 def run_settings(trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
     """Method and estimator (with its K/n), model, reward, sampling, LoRA, optimiser and
@@ -73,6 +75,6 @@ def final_metric_tags(pl_module: LightningModule) -> list[str]:
     tags += [f"val/heldout/{r.name}" for r in getattr(pl_module, "heldout_rewards", [])]
     tags += ["val/reward_gain", "val/diversity"]
     trainer = pl_module._trainer
-    if trainer is not None and any(hasattr(c, "flagged_steps") for c in trainer.callbacks):
-        tags.append("val/hacking")  # the hacking guard's flag
+    if trainer is not None and any(isinstance(c, HackingGuard) for c in trainer.callbacks):
+        tags.append(HACKING_TAG)
     return tags
