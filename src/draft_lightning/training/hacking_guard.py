@@ -33,6 +33,11 @@ def _say(line: str) -> None:
     logging.getLogger("lightning.pytorch").warning(line)
 
 
+@rank_zero_only
+def _info(line: str) -> None:
+    logging.getLogger("lightning.pytorch").info(line)
+
+
 class HackingGuard(Callback):
     """Flag reward hacking: the training reward rising while a held-out reward falls.
 
@@ -190,6 +195,16 @@ class HackingGuard(Callback):
         if verdict["new"] and self.action == "stop" and not trainer.sanity_checking:
             trainer.save_checkpoint(last_checkpoint_path(trainer))
             trainer.should_stop = True
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """The run summary's line on hacking (after RunSummary's, which the CLI adds first)."""
+        if self.action == "off" or not self.records:
+            return
+        if self.flagged_steps:
+            steps = ", ".join(str(s) for s in self.flagged_steps)
+            _info(f"val/hacking: flagged at steps {steps}; the best checkpoint skips them")
+        else:
+            _info(f"val/hacking: not flagged in {len(self.records)} validations")
 
     def state_dict(self) -> dict[str, Any]:
         return {
