@@ -234,6 +234,8 @@ def test_help_titles_are_whole_sentences(capsys):
         "draft_lightning.training.nonfinite_guard.NonFiniteGuard",
         "draft_lightning.training.image_writer.ImageWriter",
         "draft_lightning.training.run_summary.RunSummary",
+        "draft_lightning.training.hacking_guard.HackingGuard",
+        "draft_lightning.training.best_checkpoint.BestCheckpoint",
         "draft_lightning.training.slurm.SlurmRequeue",
         "draft_lightning.estimators.DraftLV",
         "draft_lightning.estimators.ReFL",
@@ -370,6 +372,24 @@ BAD_VALUES = {
         ],
         ["'not_a_layer'"],
     ),
+    "heldout-unknown-class": (
+        "draft_lv",
+        ["--model.heldout_rewards", "[{class_path: draft_lightning.rewards.NoSuch}]"],
+        ["heldout_rewards", "NoSuch"],
+    ),
+    # Refused before the weights load: run on a copy without weights.
+    "heldout-names-repeated": (
+        "draft_lv",
+        [
+            "--model.heldout_rewards",
+            "[{class_path: draft_lightning.rewards.Brightness}, "
+            "{class_path: draft_lightning.rewards.Brightness}]",
+            "--model.pretrained_model",
+            "{weightless}",
+        ],
+        ["heldout_rewards", "'brightness' is given twice"],
+    ),
+    "hacking-guard-action": ("draft_lv", ["--hacking_guard.action", "shout"], ["shout"]),
 }
 
 

@@ -108,6 +108,10 @@ class RewardFineTuningModule(LightningModule):
         adapter_weights: one weight per folder in `adapters` (default: all `lora_scale`).
         category_field: a prompt metadata field (data.metadata_fields) whose values group the
             validation and test rewards: logs `val/reward_by_<field>/<value>` per value.
+        heldout_rewards: rewards the run never trains on (each a `Reward` with its own init
+            args), loaded once, frozen, and scored only on the validation and test samples
+            under no_grad: `val/heldout/<name>` beside `val/reward`. A training reward rising
+            while these fall is reward hacking; the hacking guard watches them.
     """
 
     def __init__(
@@ -136,10 +140,12 @@ class RewardFineTuningModule(LightningModule):
         adapters: list[str] | None = None,
         adapter_weights: list[float] | None = None,
         category_field: str | None = None,
+        heldout_rewards: list[Reward] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(reward, Reward):
             raise ConfigError(f"reward={type(reward).__name__} is not a draft_lightning Reward")
+        heldout = check_heldout_rewards(heldout_rewards)
         if adapter_weights is not None and len(adapter_weights) != len(adapters or []):
             raise ConfigError(
                 f"adapter_weights has {len(adapter_weights)} entries for "
@@ -167,7 +173,10 @@ class RewardFineTuningModule(LightningModule):
         self.sampler = self.pipeline.sampler
         self.reward = reward.freeze()
         self.sharding = sharding
-        self.evaluator = Evaluator(reward.part_names, category_field)
+        # A ModuleList so they follow the module to its device; frozen, never in a loss, and
+        # left out of checkpoints (on_save_checkpoint keeps trainable weights only).
+        self.heldout_rewards = torch.nn.ModuleList([r.freeze() for r in heldout])
+        self.evaluator = Evaluator(reward.part_names, category_field, [r.name for r in heldout])
         self.eval_history: list[tuple[int, dict[str, float]]] = []
         self.last_evaluation: dict | None = None  # all ranks' samples, for image callbacks
         self.optimizer_factory: Callable = optimizer or self.default_optimizer
@@ -255,7 +264,9 @@ class RewardFineTuningModule(LightningModule):
         images = generate(self.pipeline, batch["prompts"], batch["seeds"])
         reward, parts = self.reward.score(images, batch["prompts"])
         features = self.reward.image_features(images)
-        self.evaluator.update(batch, images, reward, parts, features)
+        with torch.no_grad():  # held-out rewards judge; they never enter a gradient
+            heldout = {r.name: r(images, batch["prompts"]) for r in self.heldout_rewards}
+        self.evaluator.update(batch, images, reward, parts, features, heldout)
 
     def on_validation_epoch_end(self) -> None:
         self.log_evaluation("val")
@@ -432,6 +443,26 @@ class RewardFineTuningModule(LightningModule):
                     f"{what} in the file, {tuple(parameter.shape)} here): resume with the "
                     f"model and lora settings it was trained with (lora.rank={self.lora.rank})"
                 )
+
+
+def check_heldout_rewards(rewards: list[Reward] | None) -> list[Reward]:
+    """The held-out rewards, refused in one line (before any weights load) unless each is
+    a Reward and their names, which become `val/heldout/<name>`, are distinct."""
+    rewards = list(rewards or [])
+    for index, reward in enumerate(rewards):
+        if not isinstance(reward, Reward):
+            raise ConfigError(
+                f"heldout_rewards[{index}]={type(reward).__name__} is not a draft_lightning "
+                "Reward (give a class_path of a Reward subclass and its init_args)"
+            )
+    names = [r.name for r in rewards]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(
+            f"heldout_rewards: the name {repeated[0]!r} is given twice; set each reward's "
+            "init_args.name so every val/heldout/<name> is distinct"
+        )
+    return rewards
 
 
 def _current_name(key: str) -> str:

@@ -113,6 +113,7 @@ def _cli_class():
 
             from draft_lightning.training.before_after import BeforeAfter
             from draft_lightning.training.best_checkpoint import BestCheckpoint
+            from draft_lightning.training.hacking_guard import GUARDED_TAG, HackingGuard
             from draft_lightning.training.image_writer import ImageWriter
             from draft_lightning.training.lora_export import LoraExport
             from draft_lightning.training.monitoring import RunMonitor
@@ -133,10 +134,12 @@ def _cli_class():
                     "checkpoint.every_n_train_steps": 100,
                 }
             )
+            # Chosen by the training reward among the evaluations the hacking guard did not
+            # flag; `best_checkpoint.monitor: val/reward` is the plain rule.
             parser.add_lightning_class_args(BestCheckpoint, "best_checkpoint")
             parser.set_defaults(
                 {
-                    "best_checkpoint.monitor": "val/reward",
+                    "best_checkpoint.monitor": GUARDED_TAG,
                     "best_checkpoint.mode": "max",
                     "best_checkpoint.filename": "best-step={step}-reward={val/reward:.4f}",
                     "best_checkpoint.auto_insert_metric_name": False,
@@ -145,7 +148,7 @@ def _cli_class():
             # Lightning's own docstring ends mid-sentence in --help; say what each one is for.
             titles = {
                 "checkpoint": "last.ckpt every N steps, for resuming",
-                "best_checkpoint": "The checkpoint with the best val/reward",
+                "best_checkpoint": "The best checkpoint among those not flagged as hacking",
             }
             for key, title in titles.items():
                 parser.groups[key].title = f"{title} (Lightning's ModelCheckpoint)"
@@ -155,6 +158,7 @@ def _cli_class():
             parser.add_lightning_class_args(ImageWriter, "predictions")
             parser.add_lightning_class_args(BeforeAfter, "comparison")
             parser.add_lightning_class_args(RunSummary, "run_summary")
+            parser.add_lightning_class_args(HackingGuard, "hacking_guard")
             parser.add_lightning_class_args(SlurmRequeue, "slurm_requeue")
             parser.add_lightning_class_args(StopOnSignal, "stop_signals")
             parser.add_lightning_class_args(PendingValidation, "pending_validation")

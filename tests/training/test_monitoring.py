@@ -19,16 +19,26 @@ from draft_lightning.data import PromptDataModule
 from draft_lightning.estimators import DraftLV
 from draft_lightning.evaluation.diversity import PromptDiversity, prompt_ids
 from draft_lightning.evaluation.image_grid import shorten_middle, wrap_caption
-from draft_lightning.rewards import Brightness, Colorfulness, WeightedSum
+from draft_lightning.rewards import Brightness, Colorfulness, Reward, WeightedSum
+from draft_lightning.rewards.pixel import luma
+from draft_lightning.training.hacking_guard import HackingGuard
 from draft_lightning.training.monitoring import RunMonitor
 
 PROMPTS, SEEDS = 3, 2
 
 
+class Contrast(Reward):
+    """Standard deviation of each image's luma."""
+
+    def forward(self, images, prompts):
+        return luma(images.float()).flatten(1).std(dim=1)
+
+
 def run(tmp_path, name, max_steps=4):
     torch.manual_seed(0)
     reward = WeightedSum([Brightness(), Colorfulness()], weights=[1.0, 0.5])
-    module = make_module(reward=reward, estimator=DraftLV(n=2))
+    # A held-out reward the run never trains on, watched by the hacking guard.
+    module = make_module(reward=reward, estimator=DraftLV(n=2), heldout_rewards=[Contrast()])
     logger = TensorBoardLogger(tmp_path, name=name)  # default_hp_metric as a user has it
     trainer = Trainer(
         accelerator="cpu",
@@ -38,7 +48,7 @@ def run(tmp_path, name, max_steps=4):
         num_sanity_val_steps=-1,
         log_every_n_steps=1,
         logger=logger,
-        callbacks=[RunMonitor(cell_size=48, histogram_every_n_steps=1)],
+        callbacks=[RunMonitor(cell_size=48, histogram_every_n_steps=1), HackingGuard()],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -81,6 +91,8 @@ def test_scalars_at_the_expected_steps(events):
         "val/reward/colorfulness",
         "val/diversity",
         "val/reward_gain",
+        "val/heldout/contrast",
+        "val/hacking",
     ):
         assert steps(events, tag) == [0, 2, 4], tag  # base model, then every 2 steps
     assert "step" not in tags and "hp_metric" not in tags
@@ -126,6 +138,7 @@ def test_histograms_are_not_duplicated(events):
         "train/colorfulness_hist",
         "val/reward_hist",
         "val/colorfulness_hist",
+        "val/heldout/contrast_hist",
     ):
         assert tag in histograms, tag  # two rewards: the total and each part
 
@@ -152,7 +165,8 @@ def test_hparams_table_shows_the_runs_settings_and_final_metrics(events):
         assert hparams[key] == pytest.approx(value) if not isinstance(value, str) else value, key
     assert not any(key.startswith("_") for key in hparams)  # no _instantiator, _class_path
     for tag in ("val/reward", "val/reward/brightness", "val/reward/colorfulness",
-                "val/diversity", "val/reward_gain"):  # fmt: skip
+                "val/diversity", "val/reward_gain", "val/heldout/contrast",
+                "val/hacking"):  # fmt: skip
         assert metrics[tag] == pytest.approx(events.Scalars(tag)[-1].value), tag
     assert "hp_metric" not in metrics
     # The table opens with five settings: estimator, LoRA rank, learning rate, model, reward.
@@ -164,6 +178,11 @@ def test_custom_scalars_layout_answers_the_questions(events):
     charts = custom_scalar_charts(events)
     assert charts["reward: train (every step) and validation"] == ["^train/reward$", "^val/reward$"]
     assert charts["validation reward"] == ["^val/reward$"]  # on its own axis
+    assert charts["held-out rewards (never trained on) beside the validation reward"] == [
+        "^val/reward$",
+        "^val/heldout/contrast$",
+    ]
+    assert charts["reward hacking: the guard's flag (1 = flagged)"] == ["^val/hacking$"]
     assert charts["reward/brightness: train and validation"] == [
         "^train/reward/brightness$",
         "^val/reward/brightness$",

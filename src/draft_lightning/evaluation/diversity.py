@@ -51,6 +51,9 @@ class PromptDiversity(Metric):
         self.cosine = cosine
         self.add_state("features", default=[], dist_reduce_fx="cat")
         self.add_state("groups", default=[], dist_reduce_fx="cat")
+        # The per-prompt values of the last compute (every rank's), whose spread over the
+        # prompts is the metric's noise; None when no prompt had two samples.
+        self.group_values: torch.Tensor | None = None
 
     def update(self, features: torch.Tensor, groups: torch.Tensor) -> None:
         self.features.append(features.detach().float())
@@ -64,6 +67,7 @@ class PromptDiversity(Metric):
             for g in groups.unique()
             if int((groups == g).sum()) >= 2
         ]
+        self.group_values = torch.stack(per_group).detach().cpu() if per_group else None
         if per_group:
             return torch.stack(per_group).mean()
         if features.shape[0] >= 2:

@@ -1,5 +1,6 @@
-"""Validation and test scores: every sample of every rank, the mean rewards, diversity,
-per-category rewards, and the samples themselves (thumbnails) for image grids.
+"""Validation and test scores: every sample of every rank, the mean rewards, the held-out
+rewards, diversity, per-category rewards, their noise (standard errors), and the samples
+themselves (thumbnails) for image grids.
 
 The module logs what `compute` returns; this file knows nothing of Lightning.
 """
@@ -20,14 +21,25 @@ class Evaluator(nn.Module):
     Args:
         reward_names: the reward's part names (`val/reward/<name>`).
         category_field: a prompt metadata field whose values group the rewards.
+        heldout_names: the held-out rewards' names (`val/heldout/<name>`).
     """
 
-    def __init__(self, reward_names: list[str], category_field: str | None = None) -> None:
+    def __init__(
+        self,
+        reward_names: list[str],
+        category_field: str | None = None,
+        heldout_names: list[str] | None = None,
+    ) -> None:
         super().__init__()
         # torchmetrics averages over every sample of every rank. A non-finite score makes
         # the mean non-finite (torchmetrics would drop it with a warning by default, and the
-        # mean of the rest would pass for the evaluation's) and is counted in `nonfinite`.
-        names = ["reward", *(f"reward/{n}" for n in reward_names)]
+        # mean of the rest would pass for the evaluation's); the training reward's are counted
+        # in `nonfinite`.
+        names = [
+            "reward",
+            *(f"reward/{n}" for n in reward_names),
+            *(f"heldout/{n}" for n in heldout_names or []),
+        ]
         self.metrics = nn.ModuleDict({n: MeanMetric(nan_strategy="disable") for n in names})
         self.nonfinite = SumMetric()
         self.diversity = PromptDiversity()
@@ -41,12 +53,16 @@ class Evaluator(nn.Module):
         reward: torch.Tensor,
         parts: dict[str, torch.Tensor],
         features: torch.Tensor | None,
+        heldout: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        """Add one batch of generated images and their scores."""
+        """Add one batch of generated images, their scores and held-out scores."""
+        heldout = {f"heldout/{name}": scores for name, scores in (heldout or {}).items()}
         self.metrics["reward"].update(reward)
         self.nonfinite.update((~torch.isfinite(reward.detach())).sum().float())
         for name, scores in parts.items():
             self.metrics[f"reward/{name}"].update(scores)
+        for tag, scores in heldout.items():
+            self.metrics[tag].update(scores)
         self.diversity.cosine = features is not None
         if features is None:  # pixels, at a fixed small size so any resolution compares
             features = torch.nn.functional.interpolate(images.float(), size=(32, 32), mode="area")
@@ -58,20 +74,28 @@ class Evaluator(nn.Module):
                 "categories": self.categories(batch),
                 "thumbnails": thumbnails(images),
                 "scores": {"reward": reward.float().cpu()}
-                | {name: v.float().cpu() for name, v in parts.items()},
+                | {name: v.float().cpu() for name, v in parts.items()}
+                | {tag: v.float().cpu() for tag, v in heldout.items()},
             }
         )
 
     def compute(self, stage: str, world_size: int) -> tuple[dict[str, torch.Tensor], dict]:
         """(`<stage>/...` means, every rank's de-duplicated samples) of this evaluation; then
-        resets for the next one. Every rank must call it (it gathers)."""
+        resets for the next one. Every rank must call it (it gathers). The samples carry
+        `standard_errors`: each mean's noise over the validation prompts and seeds."""
         values = {f"{stage}/{k}": m.compute() for k, m in self.metrics.items()}
         values[f"{stage}/diversity"] = self.diversity.compute()
         values[f"{stage}/nonfinite"] = self.nonfinite.compute()  # samples, over all ranks
+        diversity_error = standard_error(self.diversity.group_values)
         for metric in [*self.metrics.values(), self.diversity, self.nonfinite]:
             metric.reset()
         samples = gather_samples(self.samples, world_size)
         self.samples = []
+        samples["standard_errors"] = {
+            f"{stage}/{name}": standard_error(torch.tensor([s[name] for s in samples["scores"]]))
+            for name in (samples["scores"][0] if samples["scores"] else {})
+            if name == "reward" or name.startswith("heldout/")
+        } | {f"{stage}/diversity": diversity_error}
         device = values[f"{stage}/reward"].device
         return values | self.category_means(stage, samples, device), samples
 
@@ -101,6 +125,14 @@ class Evaluator(nn.Module):
             f"{prefix}/{category}": torch.tensor(sum(v) / len(v), device=device)
             for category, v in sorted(groups.items())
         }
+
+
+def standard_error(values: torch.Tensor | None) -> float:
+    """The standard error of the mean of `values` (sample std / sqrt(n)); NaN for fewer
+    than two values, whose noise cannot be told."""
+    if values is None or values.numel() < 2:
+        return float("nan")
+    return float(values.double().std() / values.numel() ** 0.5)
 
 
 def thumbnails(images: torch.Tensor, size: int = 256) -> torch.Tensor:

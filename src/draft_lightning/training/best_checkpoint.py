@@ -1,4 +1,5 @@
-"""Model selection that never picks an evaluation with non-finite scores."""
+"""The best checkpoint: never an evaluation with non-finite scores or one the hacking guard
+flagged; its adapter exported beside the others as `lora/best/`."""
 
 from __future__ import annotations
 
@@ -6,18 +7,31 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from draft_lightning.training.lora_export import LoraExport
+
 
 class BestCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint, except that a non-finite monitored value (an evaluation
-    in which some reward was NaN or inf, see Evaluator) is never kept as a best checkpoint.
-    Lightning reads NaN as the worst score, which still wins while fewer than `save_top_k`
-    checkpoints are kept: the first evaluation after a resume, or the first of a run.
-    """
+    """The best checkpoint, never a non-finite or flagged evaluation, exported as lora/best/.
+
+    Lightning's ModelCheckpoint, except that an evaluation whose monitored value is not a
+    finite number is never kept (Lightning reads NaN as the worst score, which still wins
+    while it has fewer than `save_top_k` files: the first evaluation of a run or after a
+    resume). Two things make it non-finite: a NaN or inf reward in the evaluation (see
+    Evaluator), and the hacking guard's `val/guarded_reward`, NaN at every evaluation where
+    a held-out reward or diversity diverged from the training reward. Each new best also
+    exports its adapter as `<log_dir>/lora/best/` (when the run exports adapters), so the
+    file a user loads is the selected one, not the last."""
 
     def check_monitor_top_k(self, trainer: Trainer, current: torch.Tensor | None = None) -> bool:
-        if current is not None and not torch.isfinite(torch.as_tensor(current)).all():
+        if current is not None and not bool(torch.isfinite(torch.as_tensor(current)).all()):
             return False
         return super().check_monitor_top_k(trainer, current)
+
+    def _update_best_and_save(self, current, trainer, monitor_candidates) -> None:
+        super()._update_best_and_save(current, trainer, monitor_candidates)
+        for callback in trainer.callbacks:
+            if isinstance(callback, LoraExport):
+                callback.export_as(trainer, trainer.lightning_module, trainer.global_step, "best")
 
     @property
     def state_key(self) -> str:

@@ -24,7 +24,8 @@ LoraFormat = Literal["diffusers", "kohya"]
 class LoraExport(Callback):
     """Export the trained adapter at every checkpoint and at the end, with a model card.
 
-    `<log_dir>/lora/step=<N>/` and `<log_dir>/lora/last/`, each folder written whole
+    `<log_dir>/lora/step=<N>/` and `<log_dir>/lora/last/` (and `lora/best/`, written by
+    the best checkpoint when it changes), each folder written whole
     (temporary folder, then rename) with a `README.md` model card and the latest
     validation grid (`samples.png`).
 
@@ -83,6 +84,20 @@ class LoraExport(Callback):
         self, trainer: Trainer, pl_module: LightningModule, step: int, now: bool = True
     ) -> None:
         """Export the adapter as it is at `step`: now, or (`now=False`) at write_pending."""
+        folders = [f"step={step}", "last"] if self.keep_steps else ["last"]
+        self.export_as(trainer, pl_module, step, *folders, now=now)
+
+    def export_as(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        step: int,
+        *folders: str,
+        now: bool = True,
+    ) -> None:
+        """Write the adapter of `step` into each of `folders` under the export folder (the
+        best checkpoint exports `best` this way): now, or (`now=False`) once its checkpoint
+        is in place (write_pending). Every rank must call it."""
         state = pl_module.pipeline.lora_state()  # gathered on every rank when sharded
         if trainer.global_rank != 0:
             return
@@ -93,11 +108,9 @@ class LoraExport(Callback):
         formats = tuple(self.formats)
 
         def write() -> None:
-            if self.keep_steps:
-                pl_module.pipeline.save_lora(root / f"step={step}", state, formats, extra)
-            pl_module.pipeline.save_lora(root / "last", state, formats, extra)
+            for folder in folders:
+                pl_module.pipeline.save_lora(root / folder, state, formats, extra)
 
-        self.pending = None
         if now:
             write()
         else:

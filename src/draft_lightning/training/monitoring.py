@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from draft_lightning.errors import ConfigError
 from draft_lightning.evaluation.image_grid import evaluation_grid
 from draft_lightning.models.sharding import full_tensor
+from draft_lightning.training.hacking_guard import HackingGuard
 from draft_lightning.training.logger_media import log_histogram, log_image, log_run_settings
 from draft_lightning.training.run_settings import final_metric_tags, run_settings
 
@@ -181,9 +182,11 @@ TensorBoardMonitor = RunMonitor
 
 
 def histogram_names(scores: dict[str, Any]) -> list[str]:
-    """ "reward", and each part only when there are several (one part equals the total)."""
-    parts = [name for name in scores if name != "reward"]
-    return ["reward", *parts] if len(parts) > 1 else ["reward"]
+    """ "reward", each part only when there are several (one part equals the total), and
+    each held-out reward ("heldout/<name>")."""
+    heldout = [name for name in scores if name.startswith("heldout/")]
+    parts = [name for name in scores if name != "reward" and name not in heldout]
+    return ["reward", *(parts if len(parts) > 1 else []), *heldout]
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -211,6 +214,14 @@ def layout(pl_module: LightningModule) -> dict[str, dict[str, list]]:
         "reward spread: std over each step's batch": chart("train/reward_std"),
         "validation diversity": chart("val/diversity"),
     }
+    heldout = [r.name for r in getattr(pl_module, "heldout_rewards", [])]
+    if heldout:
+        reward["held-out rewards (never trained on) beside the validation reward"] = chart(
+            "val/reward", *(f"val/heldout/{name}" for name in heldout)
+        )
+    trainer = pl_module._trainer
+    if trainer is not None and any(isinstance(c, HackingGuard) for c in trainer.callbacks):
+        reward["reward hacking: the guard's flag (1 = flagged)"] = chart("val/hacking")
     if len(parts) > 1:
         for name in parts:
             reward[f"reward/{name}: train and validation"] = chart(

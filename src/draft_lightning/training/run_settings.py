@@ -7,6 +7,8 @@ from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 
+from draft_lightning.training.hacking_guard import HACKING_TAG, HackingGuard
+
 
 def run_settings(trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
     """Method and estimator (with its K/n), model, reward, sampling, LoRA, optimiser and
@@ -66,7 +68,13 @@ def reward_description(reward) -> str:
 
 def final_metric_tags(pl_module: LightningModule) -> list[str]:
     """The validation scalars a run is judged by: the reward, each part when there are
-    several, diversity, and the gain over the base model."""
+    several, the held-out rewards, diversity, the gain over the base model, and the hacking
+    guard's flag when the run has the guard."""
     parts = list(pl_module.reward.part_names)
     tags = ["val/reward", *(f"val/reward/{n}" for n in parts if len(parts) > 1)]
-    return [*tags, "val/reward_gain", "val/diversity"]
+    tags += [f"val/heldout/{r.name}" for r in getattr(pl_module, "heldout_rewards", [])]
+    tags += ["val/reward_gain", "val/diversity"]
+    trainer = pl_module._trainer
+    if trainer is not None and any(isinstance(c, HackingGuard) for c in trainer.callbacks):
+        tags.append(HACKING_TAG)
+    return tags

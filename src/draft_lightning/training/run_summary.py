@@ -25,6 +25,8 @@ class RunSummary(Callback):
                 f"val/reward: {first['val/reward']:.4f} at step {first_step} -> "
                 f"{last['val/reward']:.4f} at step {last_step}"
             )
+            for tag in (t for t in last if t.startswith("val/heldout/")):  # never trained on
+                rank_zero_info(f"{tag}: {first.get(tag, float('nan')):.4f} -> {last[tag]:.4f}")
             nonfinite = [(s, int(v["val/nonfinite"])) for s, v in history if v.get("val/nonfinite")]
             if nonfinite:
                 where = ", ".join(f"{count} at step {step}" for step, count in nonfinite)

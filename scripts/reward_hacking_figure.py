@@ -1,0 +1,130 @@
+"""The reward-hacking picture and table of docs/reward_hacking.md, from a finished toy run.
+
+    lightning fit --config configs/draft_lv.yaml --config configs/toy.yaml
+    python scripts/reward_hacking_figure.py runs/toy/version_0
+
+Reads the run's validation curves (TensorBoard events), names the checkpoint the guarded
+rule selected (best_checkpoint) and the one the plain rule (highest val/reward) would have,
+and draws the same captions and seeds with the base model, the selected adapter and the
+plain rule's adapter (`lora/step=<N>/`), each image scored by the reward and the judge.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import torch
+import yaml
+from PIL import Image, ImageDraw, ImageFont
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+ROOT = Path(__file__).resolve().parents[1]
+TAGS = ("val/reward", "val/heldout/judge_shape_circle", "val/diversity", "val/hacking")
+
+
+def curves(run: Path) -> dict[str, dict[int, float]]:
+    events = EventAccumulator(str(run))
+    events.Reload()
+    found = events.Tags()["scalars"]
+    return {
+        tag: {e.step: e.value for e in events.Scalars(tag)}
+        for tag in (*TAGS, "val/guarded_reward")
+        if tag in found
+    }
+
+
+def table(values: dict[str, dict[int, float]]) -> str:
+    tags = [t for t in (*TAGS, "val/guarded_reward") if t in values]
+    lines = ["| step | " + " | ".join(f"`{t}`" for t in tags) + " |"]
+    lines.append("|---" * (len(tags) + 1) + "|")
+    for step in sorted(values["val/reward"]):
+        cells = []
+        for tag in tags:
+            value = values[tag].get(step, math.nan)
+            cells.append("flagged" if tag == "val/guarded_reward" and math.isnan(value) else
+                         f"{value:.0f}" if tag == "val/hacking" else f"{value:.3f}")  # fmt: skip
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def draw(run: Path, rows: list[tuple[str, int | None]], out: Path, scale: int = 3) -> None:
+    """One row per (label, adapter step or None for the base model): 8 training captions,
+    seed 0, each image under its reward and judge scores."""
+    from draft_lightning.module import DraftModule
+    from draft_lightning.samplers.settings import SamplingSettings
+    from draft_lightning.toy.judge import ToyJudgeReward
+    from draft_lightning.toy.rewards import ToyAttributeReward
+
+    config = yaml.safe_load((ROOT / "configs" / "toy.yaml").read_text())
+    prompts = config["data"]["train_prompts"]
+    reward = ToyAttributeReward("shape", "circle", temperature=10.0)
+    judge = ToyJudgeReward("shape", "circle")
+    module = DraftModule(
+        reward=reward,
+        pretrained_model="toy:sd",
+        sampling=SamplingSettings(num_steps=20, guidance_scale=3.0, resolution=32),
+    )
+    font = ImageFont.load_default()
+    cell, label_height, left = 32 * scale, 28, 230
+    sheet = Image.new(
+        "RGB", (left + cell * len(prompts), len(rows) * (cell + label_height)), "white"
+    )
+    pen = ImageDraw.Draw(sheet)
+    for row, (label, step) in enumerate(rows):
+        if step is None:
+            module.pipeline.use_adapters(["default"], [0.0])  # the base model exactly
+        else:
+            name = f"step_{step}"
+            module.pipeline.load_lora(run / "lora" / f"step={step}", adapter_name=name)
+            module.pipeline.use_adapters([name], [1.0])
+        images = module.generate(prompts, [0] * len(prompts))
+        with torch.no_grad():
+            scores = reward(images, prompts)
+            judged = judge(images, prompts)
+        top = row * (cell + label_height)
+        pen.text((4, top + cell // 2 - 16), label, fill="black", font=font)
+        pen.text(
+            (4, top + cell // 2),
+            f"reward {scores.mean():.2f}, judge {judged.mean():.2f}",
+            fill="black",
+            font=font,
+        )
+        for column, image in enumerate(images):
+            pixels = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+            picture = Image.fromarray(pixels).resize((cell, cell), Image.NEAREST)
+            sheet.paste(picture, (left + column * cell, top))
+            pen.text(
+                (left + column * cell + 2, top + cell + 2),
+                f"{scores[column]:.2f}/{judged[column]:.2f}",
+                fill="black",
+                font=font,
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="the toy run's version folder")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs/images/reward_hacking.png")
+    args = parser.parse_args()
+    values = curves(args.run)
+    print(table(values))
+    best = sorted((args.run / "checkpoints").glob("best-step=*.ckpt"))
+    selected = int(best[-1].name.split("-")[1].removeprefix("step=")) if best else None
+    rewards = {s: v for s, v in values["val/reward"].items() if s > 0}
+    plain = max(rewards, key=rewards.get)  # what best_checkpoint.monitor: val/reward keeps
+    flagged = [s for s, v in values.get("val/hacking", {}).items() if v == 1]
+    print(f"selected (guarded rule): step {selected}; plain rule: step {plain}; flagged: {flagged}")
+    rows = [("before: base model", None)]
+    if selected is not None:
+        rows.append((f"selected: step {selected} (guarded)", selected))
+    rows.append((f"hacked: step {plain} (plain rule)", plain))
+    draw(args.run, rows, args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
