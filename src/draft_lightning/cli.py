@@ -266,7 +266,13 @@ def main(args: list[str] | None = None) -> None:
     from draft_lightning.base_module import RewardFineTuningModule
     from draft_lightning.data import PromptDataModule
 
+    argv = sys.argv[1:] if args is None else list(args)
     try:
+        if argv[:1] == ["plan"]:  # not a Lightning subcommand: one step planned, nothing run
+            from draft_lightning.planning.command import main as plan
+
+            plan(argv[1:])
+            return
         _cli_class()(
             RewardFineTuningModule,
             PromptDataModule,
