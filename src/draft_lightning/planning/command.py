@@ -117,10 +117,7 @@ def report(module, plan: StepPlan, precision: str, fits: list[Fit], seconds: flo
             largest = "not even batch 1 fits"
         lines.append(f"memory {size}: batch {plan.batch} {verdict}; {largest}")
     if "mixed" in precision:
-        lines.append(
-            f"note: precision {precision} is planned without autocast (the frozen weights' "
-            "dtype as stored; the LoRA branch in float32)"
-        )
+        lines.append(f"precision {precision}: autocast's casts reproduced on the meta device")
     lines.append(
         "not included: the CUDA context and allocator fragmentation (typically 0.5-2 GiB), "
         "gradient clipping's norms"
@@ -133,11 +130,14 @@ def main(args: list[str]) -> None:
     rest, memories = split_arguments(args)
     module, batch, precision = build(rest)
     optimizer = make_optimizer(module)
-    plan = plan_step(module, optimizer, batch)
-    plan.flops = count_flops(module, optimizer, batch)
+    plan = plan_step(module, optimizer, batch, precision)
+    plan.flops = count_flops(module, optimizer, batch, precision)
     fits = []
     if memories:
-        other = plan_step(module, optimizer, batch + 1 if batch == 1 else 1)
-        fits = [largest_batch(module, optimizer, [plan, other], memory) for memory in memories]
+        other = plan_step(module, optimizer, batch + 1 if batch == 1 else 1, precision)
+        fits = [
+            largest_batch(module, optimizer, [plan, other], memory, precision)
+            for memory in memories
+        ]
     print(report(module, plan, precision, fits, time.perf_counter() - start))
     sys.stdout.flush()

@@ -100,34 +100,46 @@ def make_optimizer(module) -> torch.optim.Optimizer:
     return optimizer
 
 
-def training_step(module, optimizer: torch.optim.Optimizer, batch: int) -> torch.Tensor:
-    """One optimisation step as Lightning runs it: zero_grad, training_step, backward, step."""
+def training_step(
+    module, optimizer: torch.optim.Optimizer, batch: int, precision: str | None = None
+) -> torch.Tensor:
+    """One optimisation step as Lightning runs it: zero_grad, training_step (under autocast
+    with a mixed `precision`), backward, step."""
+    from draft_lightning.planning.autocast import meta_autocast
+
     optimizer.zero_grad(set_to_none=True)
-    loss = module.training_step({"prompts": [PROMPT] * batch}, 0)
-    loss.backward()
+    # Kept through backward: torch's checkpoint re-enters autocast for its recompute, and
+    # the meta stand-in must be active then too.
+    with meta_autocast(precision):
+        loss = module.training_step({"prompts": [PROMPT] * batch}, 0)
+        loss.backward()
     optimizer.step()
     return loss.detach()
 
 
-def plan_step(module, optimizer: torch.optim.Optimizer, batch: int) -> StepPlan:
+def plan_step(
+    module, optimizer: torch.optim.Optimizer, batch: int, precision: str | None = None
+) -> StepPlan:
     """Peak memory by role of one training step at `batch` prompts."""
     start = time.perf_counter()
     memory = LiveMemory()
     memory.add_module(module)
     memory.add_optimizer(optimizer)
     with accelerator_attention(), memory:
-        training_step(module, optimizer, batch)
+        training_step(module, optimizer, batch, precision)
     return StepPlan(batch, memory.peak, 0, time.perf_counter() - start)
 
 
-def count_flops(module, optimizer: torch.optim.Optimizer, batch: int) -> int:
+def count_flops(
+    module, optimizer: torch.optim.Optimizer, batch: int, precision: str | None = None
+) -> int:
     """FLOPs of one training step (a separate pass: the counter's module hooks keep tensors
     alive that the step itself would have freed, which would skew the memory plan)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     with accelerator_attention(), counter:
-        training_step(module, optimizer, batch)
+        training_step(module, optimizer, batch, precision)
     return counter.get_total_flops()
 
 
@@ -140,7 +152,9 @@ class Fit:
     plan: StepPlan | None  # the plan at that batch
 
 
-def largest_batch(module, optimizer, plans: list[StepPlan], memory: int) -> Fit:
+def largest_batch(
+    module, optimizer, plans: list[StepPlan], memory: int, precision: str | None = None
+) -> Fit:
     """The peak is close to affine in the batch (weights fixed, the rest per sample): solve
     from two plans, then bisect with plans of their own between the largest batch known to
     fit and the smallest known not to."""
@@ -151,7 +165,7 @@ def largest_batch(module, optimizer, plans: list[StepPlan], memory: int) -> Fit:
 
     def fits(batch: int) -> bool:
         if batch not in known:
-            known[batch] = plan_step(module, optimizer, batch)
+            known[batch] = plan_step(module, optimizer, batch, precision)
         return known[batch].peak_bytes <= memory
 
     if not fits(1):
