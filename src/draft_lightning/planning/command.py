@@ -14,7 +14,6 @@ from draft_lightning.planning.plan import (
     largest_batch,
     make_optimizer,
     parse_memory,
-    count_flops,
     plan_step,
 )
 
@@ -131,7 +130,6 @@ def main(args: list[str]) -> None:
     module, batch, precision = build(rest)
     optimizer = make_optimizer(module)
     plan = plan_step(module, optimizer, batch, precision)
-    plan.flops = count_flops(module, optimizer, batch, precision)
     fits = []
     if memories:
         other = plan_step(module, optimizer, batch + 1 if batch == 1 else 1, precision)

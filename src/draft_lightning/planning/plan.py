@@ -120,27 +120,14 @@ def training_step(
 def plan_step(
     module, optimizer: torch.optim.Optimizer, batch: int, precision: str | None = None
 ) -> StepPlan:
-    """Peak memory by role of one training step at `batch` prompts."""
+    """Peak memory by role and FLOPs of one training step at `batch` prompts."""
     start = time.perf_counter()
     memory = LiveMemory()
     memory.add_module(module)
     memory.add_optimizer(optimizer)
     with accelerator_attention(), memory:
         training_step(module, optimizer, batch, precision)
-    return StepPlan(batch, memory.peak, 0, time.perf_counter() - start)
-
-
-def count_flops(
-    module, optimizer: torch.optim.Optimizer, batch: int, precision: str | None = None
-) -> int:
-    """FLOPs of one training step (a separate pass: the counter's module hooks keep tensors
-    alive that the step itself would have freed, which would skew the memory plan)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with accelerator_attention(), counter:
-        training_step(module, optimizer, batch, precision)
-    return counter.get_total_flops()
+    return StepPlan(batch, memory.peak, memory.flops, time.perf_counter() - start)
 
 
 @dataclass

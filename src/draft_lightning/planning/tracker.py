@@ -4,7 +4,9 @@ A TorchDispatchMode sees every tensor an operation creates (on the meta device t
 allocator exists), so the bytes of live storages can be summed op by op; each storage is
 counted once however many views share it, and leaves the sum when it is freed. torch's own
 MemTracker does the same accounting but splits by forward/backward phase; the plan needs the
-split by role, which needs the saved-tensor hooks below.
+split by role, which needs the saved-tensor hooks below. FLOPs are counted in the same pass
+with torch.utils.flop_counter's per-op formulas (FlopCounterMode itself would add module
+hooks that keep tensors alive).
 
 Roles: frozen weights (parameters without gradient, buffers); trainable (LoRA weights, their
 gradients and the optimiser's state); saved (tensors autograd keeps for backward, outside
@@ -24,6 +26,7 @@ from torch.optim.optimizer import (
 )
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import flop_registry
 
 ROLES = ("frozen", "trainable", "saved", "transient")
 
@@ -45,7 +48,9 @@ class LiveMemory(TorchDispatchMode):
         self.totals = dict.fromkeys(ROLES, 0)
         self.peak = Peak()
         self.in_optimizer = False
+        self.flops = 0  # counted with torch.utils.flop_counter's formulas, op by op
         self._handles: list = []
+        self._refs: dict[int, weakref.ref] = {}
 
     # --- what exists before the step -----------------------------------------------------
 
@@ -83,9 +88,10 @@ class LiveMemory(TorchDispatchMode):
         size = storage.nbytes()
         self.owner[key] = [role, size]
         self.totals[role] += size
-        weakref.finalize(storage, self._free, key)
+        self._refs[key] = weakref.ref(storage, lambda _, key=key: self._free(key))
 
     def _free(self, key: int) -> None:
+        self._refs.pop(key, None)
         entry = self.owner.pop(key, None)
         if entry is not None:
             self.totals[entry[0]] -= entry[1]
@@ -114,7 +120,11 @@ class LiveMemory(TorchDispatchMode):
     # --- the mode -----------------------------------------------------------------------------
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        count = flop_registry.get(func._overloadpacket)
+        if count is not None:
+            self.flops += count(*args, **kwargs, out_val=out)
         role = "trainable" if self.in_optimizer else "transient"
         for tensor in tree_flatten(out)[0]:
             if isinstance(tensor, torch.Tensor):
