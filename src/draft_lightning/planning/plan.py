@@ -49,7 +49,7 @@ def parse_memory(text: str) -> int:
         )
     size = int(float(match.group(1)) * unit)
     if size <= 0:
-        raise ConfigError(f"--memory={text!r} must be larger than 0")
+        raise ConfigError(f"--memory={text!r} must be larger than 0 (a size like 24GiB)")
     return size
 
 
@@ -82,8 +82,21 @@ _sdpa = F.scaled_dot_product_attention
 
 
 @contextmanager
+def staying(module, device):
+    """`offload_text_encoders` on the meta device: the encoders are not part of the module's
+    accelerator memory (they live on the host), so the plan leaves them where they are."""
+    yield module
+
+
+@contextmanager
 def accelerator_attention():
-    with mock.patch.object(F, "scaled_dot_product_attention", fused_attention):
+    """The step as it runs on an accelerator: fused attention, host-offloaded encoders."""
+    from draft_lightning.models import pipeline
+
+    with (
+        mock.patch.object(F, "scaled_dot_product_attention", fused_attention),
+        mock.patch.object(pipeline, "visiting", staying),
+    ):
         yield
 
 

@@ -153,7 +153,19 @@ def weightless() -> Iterator[None]:
         with torch.device("meta"):
             return create_model(arch, pretrained=None, device="meta", **kwargs)
 
+    module_to = torch.nn.Module.to
+
+    def to(module, *args, **kwargs):
+        """Host offloading (`offload_text_encoders`) of a weightless module: it stays on the
+        meta device, outside the module that the plan counts."""
+        target = args[0] if args else kwargs.get("device")
+        meta = any(p.is_meta for p in module.parameters())
+        if meta and isinstance(target, str | torch.device) and torch.device(target).type == "cpu":
+            return module
+        return module_to(module, *args, **kwargs)
+
     patches = [
+        mock.patch.object(torch.nn.Module, "to", to),
         mock.patch.object(pipeline, "resolve_pretrained", architecture_folder),
         mock.patch.object(pipeline, "resolve_vae", vae_folder),
         mock.patch.object(
