@@ -58,8 +58,9 @@ def split_arguments(args: list[str]) -> tuple[list[str], list[int]]:
     return rest, memories
 
 
-def build(args: list[str]):
-    """(module, batch size, precision) from fit's config files, weightless."""
+def build(args: list[str], device: str = "meta"):
+    """(module, batch size, precision) from fit's config files, weightless (`device="cpu"`:
+    with random weights instead, to measure what the plan predicts)."""
     from draft_lightning.cli import _cli_class
     from draft_lightning.module import DraftModule
     from draft_lightning.planning.weightless import weightless
@@ -69,7 +70,7 @@ def build(args: list[str]):
     from draft_lightning.base_module import RewardFineTuningModule
     from draft_lightning.data import PromptDataModule
 
-    with weightless():
+    with weightless(device):
         cli = _cli_class()(
             RewardFineTuningModule,
             PromptDataModule,
@@ -111,7 +112,9 @@ def report(module, plan: StepPlan, precision: str, fits: list[Fit], seconds: flo
         size = f"{fit.memory / GIB:.1f} GiB"
         verdict = "fits" if plan.peak_bytes <= fit.memory else "does NOT fit"
         if fit.largest_batch:
-            largest = f"largest batch {fit.largest_batch} (peak {fit.plan.peak_bytes / GIB:.2f} GiB)"
+            largest = (
+                f"largest batch {fit.largest_batch} (peak {fit.plan.peak_bytes / GIB:.2f} GiB)"
+            )
         else:
             largest = "not even batch 1 fits"
         lines.append(f"memory {size}: batch {plan.batch} {verdict}; {largest}")

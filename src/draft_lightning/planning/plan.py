@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from unittest import mock
 
@@ -113,6 +113,14 @@ def make_optimizer(module) -> torch.optim.Optimizer:
     return optimizer
 
 
+def real_autocast(device: torch.device, precision: str | None):
+    """torch.autocast as Lightning's `precision` sets it, on a real device."""
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
 def training_step(
     module, optimizer: torch.optim.Optimizer, batch: int, precision: str | None = None
 ) -> torch.Tensor:
@@ -121,9 +129,11 @@ def training_step(
     from draft_lightning.planning.autocast import meta_autocast
 
     optimizer.zero_grad(set_to_none=True)
-    # Kept through backward: torch's checkpoint re-enters autocast for its recompute, and
-    # the meta stand-in must be active then too.
-    with meta_autocast(precision):
+    device = module.pipeline.device
+    # On the meta device the stand-in autocast is kept through backward: torch's checkpoint
+    # re-enters autocast for its recompute, and the stand-in must be active then too.
+    autocast = meta_autocast(precision) if device.type == "meta" else real_autocast(device, precision)
+    with autocast:
         loss = module.training_step({"prompts": [PROMPT] * batch}, 0)
         loss.backward()
     optimizer.step()

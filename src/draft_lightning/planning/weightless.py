@@ -100,16 +100,19 @@ def _tokenizer(cls, folder, subfolder: str = "", **_) -> ShapeTokenizer:
     return ShapeTokenizer(int(min(length, 4096)))
 
 
+_DEVICE = ["meta"]  # where weightless() builds: "meta", or "cpu" for random weights
+
+
 def _diffusers_model(cls, folder, subfolder: str | None = None, torch_dtype=None, **_):
     config = cls.load_config(folder, subfolder=subfolder)
-    with torch.device("meta"):
+    with torch.device(_DEVICE[0]):
         model = cls.from_config(config)
     return model.to(torch_dtype) if torch_dtype is not None else model
 
 
 def _transformers_model(cls, folder, subfolder: str = "", dtype=None, torch_dtype=None, **_):
     config = cls.config_class.from_pretrained(Path(folder) / subfolder)
-    with torch.device("meta"):
+    with torch.device(_DEVICE[0]):
         model = cls._from_config(config)
     dtype = dtype or torch_dtype
     return model.to(dtype) if dtype is not None else model.eval()
@@ -127,13 +130,15 @@ def _open_clip_weights(arch: str, pretrained: str, what: str) -> tuple[Path, dic
 def _aesthetic_head(source: str, what: str):
     from draft_lightning.rewards.aesthetic import aesthetic_mlp
 
-    with torch.device("meta"):
+    with torch.device(_DEVICE[0]):
         return aesthetic_mlp()
 
 
 @contextmanager
-def weightless() -> Iterator[None]:
-    """Inside: models and rewards load with their architecture and no weights (meta device)."""
+def weightless(device: str = "meta") -> Iterator[None]:
+    """Inside: models and rewards load with their architecture and no weights: on the meta
+    device, or with `device="cpu"` randomly initialised (to measure a real-size step)."""
+    _DEVICE[0] = device
     import diffusers
     import open_clip
     import transformers
@@ -151,7 +156,7 @@ def weightless() -> Iterator[None]:
             return create_model(arch, pretrained=pretrained, **kwargs)
         kwargs.pop("weights_only", None)
         with torch.device("meta"):
-            return create_model(arch, pretrained=None, device="meta", **kwargs)
+            return create_model(arch, pretrained=None, device=_DEVICE[0], **kwargs)
 
     module_to = torch.nn.Module.to
 
@@ -188,4 +193,7 @@ def weightless() -> Iterator[None]:
     with ExitStack() as stack:
         for patch in patches:
             stack.enter_context(patch)
-        yield
+        try:
+            yield
+        finally:
+            _DEVICE[0] = "meta"
