@@ -65,7 +65,9 @@ def main() -> None:
     cases = [("tiny SD (smoke)", TINY)] if args.smoke else CASES
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     print(f"device: {name}")
-    print("| model | estimator | batch | s / step | planned GiB | max_memory_allocated GiB | error |")
+    print(
+        "| model | estimator | batch | s / step | planned GiB | max_memory_allocated GiB | error |"
+    )
     print("|---|---|---|---|---|---|---|")
     for model, base in cases:
         for estimator in ESTIMATORS:

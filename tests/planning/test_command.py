@@ -36,8 +36,9 @@ def test_an_unknown_hub_model_names_the_shipped_ones(capsys):
 
 
 def test_every_shipped_config_names_an_architecture_that_ships():
-    import yaml
     from pathlib import Path
+
+    import yaml
 
     for config in Path("configs").glob("*.yaml"):
         model = (yaml.safe_load(config.read_text()) or {}).get("model") or {}

@@ -61,14 +61,13 @@ def split_arguments(args: list[str]) -> tuple[list[str], list[int]]:
 def build(args: list[str], device: str = "meta"):
     """(module, batch size, precision) from fit's config files, weightless (`device="cpu"`:
     with random weights instead, to measure what the plan predicts)."""
-    from draft_lightning.cli import _cli_class
-    from draft_lightning.module import DraftModule
-    from draft_lightning.planning.weightless import weightless
-
     import draft_lightning.estimators  # noqa: F401
     import draft_lightning.rewards  # noqa: F401
     from draft_lightning.base_module import RewardFineTuningModule
+    from draft_lightning.cli import _cli_class
     from draft_lightning.data import PromptDataModule
+    from draft_lightning.module import DraftModule
+    from draft_lightning.planning.weightless import weightless
 
     with weightless(device):
         cli = _cli_class()(

@@ -132,7 +132,9 @@ def training_step(
     device = module.pipeline.device
     # On the meta device the stand-in autocast is kept through backward: torch's checkpoint
     # re-enters autocast for its recompute, and the stand-in must be active then too.
-    autocast = meta_autocast(precision) if device.type == "meta" else real_autocast(device, precision)
+    autocast = (
+        meta_autocast(precision) if device.type == "meta" else real_autocast(device, precision)
+    )
     with autocast:
         loss = module.training_step({"prompts": [PROMPT] * batch}, 0)
         loss.backward()
