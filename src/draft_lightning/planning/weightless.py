@@ -155,7 +155,7 @@ def weightless(device: str = "meta") -> Iterator[None]:
         if _PAUSED[0]:
             return create_model(arch, pretrained=pretrained, **kwargs)
         kwargs.pop("weights_only", None)
-        with torch.device("meta"):
+        with torch.device(_DEVICE[0]):
             return create_model(arch, pretrained=None, device=_DEVICE[0], **kwargs)
 
     module_to = torch.nn.Module.to
