@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import subprocess
+import sys
 import time
 
 import torch
@@ -119,6 +120,7 @@ def run_check(smoke: bool = False) -> Section:
         "ReFL",
     ]
     real = [] if smoke else ["DRaFT-1", "DRaFT-LV n=2", "DRaFT-K K=5"]
+    tiny = tiny[:2] if smoke else tiny
     rows, data = [], {}
     for where, names, base, device in (
         ("tiny SD, 32 px, batch 2, 10 steps", tiny, TINY, None),
@@ -133,6 +135,11 @@ def run_check(smoke: bool = False) -> Section:
             planned, measured, roles = check([*base, *estimator_args(name)], device)
             error = planned / measured - 1
             data[f"{where} / {name}"] = {"planned": planned, "measured": measured, "roles": roles}
+            print(
+                f"[plan check] {where} / {name}: {planned} planned, {measured} measured",
+                file=sys.stderr,
+                flush=True,
+            )
             rows.append(
                 [
                     where,
@@ -189,10 +196,10 @@ PAPER = [
 
 def run_paper(smoke: bool = False, models: list[str] | None = None) -> Section:
     rows, data = [], {}
-    for model, base, names in PAPER:
+    for model, base, names in PAPER[:1] if smoke else PAPER:
         if models and not any(m in model for m in models):
             continue
-        for name in names:
+        for name in names[:1] if smoke else names:
             args = [*base, *estimator_args(name)]
             if smoke:
                 args += ["--model.sampling.num_steps=3", "--model.sampling.resolution=128"]
