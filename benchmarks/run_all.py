@@ -26,7 +26,7 @@ NOTES = ROOT / "benchmarks" / "notes.md"
 LAST_RUN = ROOT / ".cache" / "benchmarks" / "last_run.json"
 COMMAND = "OMP_NUM_THREADS=2 .venv/bin/python -m benchmarks.{}"
 # Sections whose numbers are bytes, not seconds: other processes cannot skew them.
-UNTIMED = ("memory", "paper", "prompt_stream")
+UNTIMED = ("memory", "paper", "plan", "prompt_stream")
 
 
 def benchmarks() -> dict[str, tuple[str, Callable[[bool], Section]]]:
@@ -36,6 +36,7 @@ def benchmarks() -> dict[str, tuple[str, Callable[[bool], Section]]]:
         bench_memory,
         bench_paper_scale,
         bench_parts,
+        bench_plan,
         bench_sampler,
         bench_speedups,
         bench_trl,
@@ -49,6 +50,7 @@ def benchmarks() -> dict[str, tuple[str, Callable[[bool], Section]]]:
         "sampler": ("bench_sampler", bench_sampler.run),
         "speedups": ("bench_speedups", bench_speedups.run),
         "paper": ("bench_paper_scale", bench_paper_scale.run),
+        "plan": ("bench_plan", bench_plan.run),
         "prompt_stream": ("bench_prompt_stream", prompt_stream),
     }
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-LOCAL = ("parts", "memory", "growth", "sampler", "speedups", "paper")
+LOCAL = ("parts", "memory", "growth", "sampler", "speedups", "paper", "plan")
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +81,12 @@ def test_speed_and_memory_options_keep_loss_and_gradients(tiny_sd, option):
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-6)
     images = module.generate(["a cat"], [0])
     assert images.shape == (1, 3, 32, 32)
+
+
+def test_gpu_benchmark_code_path_runs_on_the_cpu(tiny_sd):
+    """`make bench-gpu` cannot run here; its measuring code runs on the tiny model instead."""
+    from benchmarks.bench_gpu import measure
+    from benchmarks.bench_plan import TINY
+
+    result = measure(TINY, "cpu", steps=1)
+    assert result["planned"] > 0 and result["seconds"] > 0 and result["measured"] is None

@@ -360,7 +360,13 @@ def main(args: list[str] | None = None) -> None:
 
     quiet_lightning_noise()  # what a user cannot act on (training/quiet.py says which)
 
+    argv = sys.argv[1:] if args is None else list(args)
     try:
+        if argv[:1] == ["plan"]:  # not a Lightning subcommand: one step planned, nothing run
+            from draft_lightning.planning.command import main as plan
+
+            plan(argv[1:])
+            return
         _cli_class()(
             RewardFineTuningModule,
             PromptDataModule,

@@ -1,0 +1,143 @@
+"""The plan against reality: one planned step (meta device, no weights) of every estimator on
+the tiny model, and the same step run for real on the CPU with its peak read from the
+allocator's records (planning/measure.py); and the sizes `--memory` accepts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from draft_lightning.errors import ConfigError
+from draft_lightning.planning.command import TRAINER_OVERRIDES, build
+from draft_lightning.planning.measure import measured_peak, resident_bytes
+from draft_lightning.planning.plan import (
+    largest_batch,
+    make_optimizer,
+    parse_memory,
+    plan_step,
+    training_step,
+)
+
+TINY = ["--config", "configs/draft_lv.yaml", "--config", "configs/cpu_tiny.yaml"]
+FEW_STEPS = ["--model.sampling.num_steps", "4"]
+ESTIMATORS = {
+    "draft_lv": [],
+    "draft_1": ["--model.estimator", "draft_lightning.estimators.DraftK"],
+    "draft_k3": [
+        "--model.estimator",
+        "draft_lightning.estimators.DraftK",
+        "--model.estimator.k",
+        "3",
+    ],
+    "draft_full": ["--model.estimator", "draft_lightning.estimators.Draft"],
+}
+
+
+def real_module(args: list[str]):
+    """The same config built with its (tiny, random) weights, as `lightning fit` builds it."""
+    from draft_lightning.base_module import RewardFineTuningModule
+    from draft_lightning.cli import _cli_class
+    from draft_lightning.data import PromptDataModule
+
+    cli = _cli_class()(
+        RewardFineTuningModule,
+        PromptDataModule,
+        subclass_mode_model=True,
+        run=False,
+        save_config_callback=None,
+        args=[*args, *TRAINER_OVERRIDES],
+    )
+    return cli.model
+
+
+@pytest.mark.parametrize("estimator", list(ESTIMATORS))
+def test_planned_peak_matches_the_measured_step(estimator):
+    args = [*TINY, *FEW_STEPS, *ESTIMATORS[estimator]]
+    planned_module, batch, precision = build(args)
+    assert next(planned_module.pipeline.denoiser.parameters()).device.type == "meta"
+    plan = plan_step(planned_module, make_optimizer(planned_module), batch, precision)
+
+    module = real_module(args)
+    optimizer = make_optimizer(module)
+    measured = measured_peak(
+        lambda: training_step(module, optimizer, batch, precision),
+        resident_bytes(module, optimizer),
+    )
+    assert plan.peak_bytes == pytest.approx(measured, rel=0.10)
+    roles = plan.peak.by_role
+    frozen = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+        for t in [*module.parameters(), *module.buffers()]
+        if not t.requires_grad
+    }
+    assert roles["frozen"] == sum(frozen.values())  # the weights, exactly
+    assert sum(roles.values()) == plan.peak_bytes
+    assert plan.flops > 0
+
+
+def test_more_differentiated_steps_plan_more_memory_and_flops():
+    plans = {}
+    for name in ("draft_1", "draft_full"):
+        module, batch, precision = build([*TINY, *FEW_STEPS, *ESTIMATORS[name]])
+        plans[name] = plan_step(module, make_optimizer(module), batch, precision)
+    assert plans["draft_full"].peak_bytes > plans["draft_1"].peak_bytes
+    assert plans["draft_full"].flops > plans["draft_1"].flops
+
+
+def test_largest_batch_is_the_largest_that_fits():
+    module, _, precision = build([*TINY, *FEW_STEPS])
+    optimizer = make_optimizer(module)
+    one, four = (plan_step(module, optimizer, b, precision) for b in (1, 4))
+    memory = (one.peak_bytes + four.peak_bytes) // 2
+    fit = largest_batch(module, optimizer, [one, four], memory, precision)
+    assert 1 <= fit.largest_batch < 4
+    assert fit.plan.peak_bytes <= memory
+    assert plan_step(module, optimizer, fit.largest_batch + 1, precision).peak_bytes > memory
+    assert largest_batch(module, optimizer, [one, four], one.peak_bytes - 1).largest_batch == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("24GiB", 24 * 2**30), ("80GB", 80 * 10**9), ("1.5 TiB", int(1.5 * 2**40)), ("512mib", 2**29)],
+)
+def test_memory_sizes(text, size):
+    assert parse_memory(text) == size
+
+
+@pytest.mark.parametrize("text", ["24", "24XB", "", "GiB", "-1GiB", "0GiB"])
+def test_bad_memory_sizes_are_refused(text):
+    with pytest.raises(ConfigError, match="--memory"):
+        parse_memory(text)
+
+
+def test_tracker_counts_each_storage_once_and_frees_it():
+    from draft_lightning.planning.tracker import LiveMemory
+
+    memory = LiveMemory()
+    with memory:
+        a = torch.ones(1024, 256, device="meta")  # 1 MiB
+        view = a[:10]  # same storage
+        b = a * 2
+        del a, view
+        c = b + 1
+        del b, c
+    assert memory.peak.bytes == 2 * 2**20
+    assert sum(memory.totals.values()) == 0
+
+
+def test_tracker_tells_saved_activations_from_transient_ones():
+    from draft_lightning.planning.tracker import LiveMemory
+
+    weight = torch.nn.Parameter(torch.ones(256, 256, device="meta"))
+    memory = LiveMemory()
+    memory.add_module(torch.nn.ParameterList([weight]))
+    with memory:
+        x = torch.ones(1024, 256, device="meta")
+        product = x @ weight  # saves x for the weight's gradient
+        hidden = torch.tanh(product)  # saves its output; the product itself is not kept
+        del x, product
+        loss = hidden.sum()
+    assert memory.totals["trainable"] == 256 * 256 * 4
+    assert memory.totals["saved"] == 2 * 1024 * 256 * 4
+    assert memory.totals["transient"] == 4  # the loss
+    del hidden, loss
