@@ -48,7 +48,7 @@ bench: install
 experiments: install
 	OMP_NUM_THREADS=2 $(BIN)/python -m experiments.run_all
 
-# Not part of `make test`: MAKE_TOY_TIME. Trains the toy world's attribute
+# Not part of `make test`: about 13 minutes on a quiet 2-core CPU (docs/toy.md). Trains the toy world's attribute
 # classifier, its judge and a tiny SD-1.x-style model on it into $DRAFT_LIGHTNING_CACHE
 # (default ~/.cache/draft_lightning)/toy-classifier, toy-judge and toy-sd (with quality.json);
 # toy:sd then resolves to them instead of the copy shipped in the package.
