@@ -63,9 +63,9 @@ def test_demo_runs_on_the_shipped_model_and_writes_its_before_after_picture(tmp_
     for model in ("base", "tuned"):
         assert set(report[model]) == {
             "reward",
-            "judge: shape is circle",
-            *(f"judge: {a} as captioned" for a in ("colour", "size", "position", "background")),
+            "judge: colour is red",
+            *(f"judge: {a} as captioned" for a in ("shape", "size", "position", "background")),
             "all",
         }
         assert all(0 <= v <= 1 for v in report[model].values())
-    assert "judge: shape is circle" in check.stdout
+    assert "judge: colour is red" in check.stdout
