@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint clean screenshots bench bench-gpu toy experiments
+.PHONY: install test demo demo-picture lint clean screenshots bench bench-gpu toy toy-ship experiments
 
 install: $(STAMP)
 
@@ -18,8 +18,20 @@ $(STAMP): pyproject.toml constraints.txt
 test: install
 	$(BIN)/pytest
 
+# DRaFT-LV on the toy model shipped in the package (no `make toy` needed): its squares and
+# triangles become circles. Ends with runs/demo/version_N/comparison.png (before/after).
+# One thread: on a 2-core machine shared with other work, two threads spin-waiting on each
+# other made steps 20x slower (measured); on a quiet machine, DEMO_THREADS=2 is a little faster.
+DEMO_THREADS ?= 1
 demo: install
-	$(BIN)/lightning fit --config configs/draft_lv.yaml --config configs/cpu_tiny.yaml
+	OMP_NUM_THREADS=$(DEMO_THREADS) $(BIN)/lightning fit --config configs/draft_lv.yaml --config configs/demo.yaml
+
+# The README's picture: the demo's before/after PNG, from a fresh demo run.
+demo-picture: install
+	rm -rf .cache/demo-picture
+	OMP_NUM_THREADS=$(DEMO_THREADS) $(BIN)/lightning fit --config configs/draft_lv.yaml \
+		--config configs/demo.yaml --trainer.logger.init_args.save_dir .cache/demo-picture
+	cp .cache/demo-picture/demo/version_0/comparison.png docs/images/demo_comparison.png
 
 screenshots: install
 	$(BIN)/python scripts/tensorboard_screenshot.py
@@ -42,12 +54,17 @@ bench-gpu: install
 experiments: install
 	OMP_NUM_THREADS=2 $(BIN)/python -m experiments.run_all
 
-# Not part of `make test`: about 11 minutes on a quiet 2-core CPU. Trains the toy world's attribute
-# classifier and a tiny SD-1.x-style model on it into $DRAFT_LIGHTNING_CACHE (default
-# ~/.cache/draft_lightning)/toy-classifier and toy-sd (with quality.json); configs/toy.yaml
-# fine-tunes that model.
+# Not part of `make test`: about 13 minutes on a quiet 2-core CPU (docs/toy.md). Trains the toy world's attribute
+# classifier, its judge and a tiny SD-1.x-style model on it into $DRAFT_LIGHTNING_CACHE
+# (default ~/.cache/draft_lightning)/toy-classifier, toy-judge and toy-sd (with quality.json);
+# toy:sd then resolves to them instead of the copy shipped in the package.
 toy: install
 	OMP_NUM_THREADS=2 $(BIN)/python -m draft_lightning.toy.pretrain
+
+# Copies `make toy`'s output into the package (src/draft_lightning/toy/pretrained/: float16
+# model weights, MANIFEST.json with sha256 hashes and the commit that trained them).
+toy-ship: install
+	$(BIN)/python -m draft_lightning.toy.shipped
 
 lint: install
 	$(BIN)/ruff check src tests scripts experiments

@@ -1,9 +1,10 @@
 """Regenerate the TensorBoard pictures in docs/tensorboard.md from real demo runs.
 
-Trains the demo (draft_lv + demo: the shipped toy model drawing shapes) and a variant of it, serves their logs with
-TensorBoard on 127.0.0.1 and photographs every tab the runs fill (time series, scalars,
-custom scalars, images, histograms, distributions, hparams) with headless Chromium
-(Debian's `chromium` package: `apt-get install chromium`). Run: `make screenshots`.
+Trains the demo (draft_lv + demo: the shipped toy model drawing shapes) and a variant of
+it, serves their logs with TensorBoard on 127.0.0.1 and photographs every tab the runs fill
+(time series, scalars, custom scalars, images, histograms, distributions, hparams) with
+headless Chromium (Debian's `chromium` package: `apt-get install chromium`). Run:
+`make screenshots`.
 """
 
 from __future__ import annotations

@@ -113,9 +113,10 @@ CAPTION = "caption"  # a ToyJudgeReward value: whatever each image's prompt stat
 
 
 class ToyJudgeReward(Reward):
-    """The judge's probability that an image's `attribute` is `value` (or, with value
-    "caption", the value its prompt states): a held-out score for runs trained on
-    ToyAttributeReward (same question, independent network)."""
+    """The toy judge's probability that an image's attribute is a value (a held-out score).
+
+    With value "caption", the value each image's prompt states. For runs trained on
+    ToyAttributeReward: the same question, asked of an independent network."""
 
     def __init__(
         self,

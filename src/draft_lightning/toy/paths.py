@@ -36,8 +36,9 @@ MARKERS = {
 }
 SHIPPED_ROOT = Path(__file__).parent / "pretrained"
 MANIFEST_FILE = "MANIFEST.json"
-# Measured: `make toy` on this project's 2-core CPU (docs/toy.md says when and how).
-MAKE_TOY_TIME = "about 11 minutes on a 2-core CPU"
+# `make toy`'s time, as the README, the Makefile and docs/toy.md state it (docs/toy.md: how
+# it was measured).
+MAKE_TOY_TIME = "about 13 minutes on a quiet 2-core CPU"
 
 
 def default_model_path(cache_dir: str | Path | None = None) -> Path:

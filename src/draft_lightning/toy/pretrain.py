@@ -2,7 +2,7 @@
 it), then a tiny SD-1.x-style text-to-image model on the toy world, save it as a diffusers
 folder and report how often its images match their captions.
 
-    python -m draft_lightning.toy.pretrain                      # defaults: under 15 min, 2 cores
+    python -m draft_lightning.toy.pretrain                      # defaults: docs/toy.md
     python -m draft_lightning.toy.pretrain --settings.unet_steps 200 --output /tmp/toy-sd
 
 The model folder (default $DRAFT_LIGHTNING_CACHE/toy-sd) has SD 1.4's layout and loads with
@@ -45,7 +45,7 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the st
 
 @dataclass(frozen=True)
 class PretrainSettings:
-    """Everything `make toy` trains and measures; the defaults fit 15 minutes on 2 CPU cores.
+    """Everything `make toy` trains and measures (docs/toy.md: how long it takes).
 
     Args:
         classifier_steps: optimiser steps of the attribute classifier.

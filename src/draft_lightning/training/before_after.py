@@ -17,7 +17,9 @@ KEPT = ("prompts", "seeds", "thumbnails", "scores")  # of an evaluation, for the
 
 
 class BeforeAfter(Callback):
-    """Keeps the base model's validation samples (the evaluation at step 0) and, at every
+    """Base model above tuned adapter: `val/comparison` and `<log dir>/comparison.png`.
+
+    Keeps the base model's validation samples (the evaluation at step 0) and, at every
     later validation, logs `val/comparison` (base on top, tuned below, same prompts and
     seeds, each image's reward in its caption) to every logger and rewrites
     `<log dir>/<filename>`, so the file always shows the latest adapter; RunSummary prints

@@ -11,10 +11,12 @@ from lightning.pytorch.callbacks import RichProgressBar
 
 
 class StepProgressBar(RichProgressBar):
-    """Lightning's rich progress bar counting optimiser steps up to `max_steps` (resumed runs
-    included), described as "train", with the progress-bar metrics (train/reward,
-    train/loss, val/reward) and without `v_num`. The CLI adds it unless the trainer has a
-    progress bar of its own or `enable_progress_bar: false`."""
+    """Lightning's rich progress bar in optimiser steps of max_steps, with the reward.
+
+    Counts steps up to `max_steps` (resumed runs included), described as "train", with the
+    progress-bar metrics (train/reward, train/loss, val/reward) and without `v_num`. The
+    CLI adds it unless the trainer has a progress bar of its own or
+    `enable_progress_bar: false`."""
 
     def _get_train_description(self, current_epoch: int) -> str:
         return f"{'train':{len(self.validation_description)}}"
