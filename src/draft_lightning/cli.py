@@ -270,21 +270,21 @@ def check_optimizer(config) -> None:
     """Build the configured optimiser over one dummy weight, so that a value it refuses (a
     negative learning rate, a beta of 1) is one line before any model loads, not a
     traceback once the weights are in memory and the version folder exists."""
+    import importlib
+
     import torch
     from jsonargparse import Namespace
 
     optimizer = _model_args(config).get("optimizer")
     if not isinstance(optimizer, dict) or not optimizer.get("class_path"):
         return
-    from jsonargparse._util import import_object
-
     init_args = optimizer.get("init_args") or {}
     kwargs = init_args.as_dict() if isinstance(init_args, Namespace) else dict(init_args)
     try:
-        factory = import_object(optimizer["class_path"])
+        module, _, name = optimizer["class_path"].rpartition(".")
+        factory = getattr(importlib.import_module(module), name)
         factory([torch.zeros(1, requires_grad=True)], **kwargs)
-    except (ValueError, TypeError) as error:
-        name = optimizer["class_path"].rsplit(".", 1)[-1]
+    except ValueError as error:
         message = " ".join(str(error).split())
         for phrase, (key, allowed) in OPTIMIZER_VALUES.items():
             if phrase in message and key in kwargs:
@@ -292,7 +292,8 @@ def check_optimizer(config) -> None:
                     f"model.optimizer.init_args.{key}={kwargs[key]!r}: must be {allowed} "
                     f"({name}: {message})"
                 ) from None
-        raise ConfigError(f"model.optimizer ({name}, {kwargs}): {message}") from None
+    except Exception:  # noqa: BLE001 - an optimiser that needs real weights: the run will tell
+        pass
 
 
 def _model_args(config) -> dict:

@@ -282,10 +282,18 @@ model:
          "model.reward=draft_lightning.rewards.Brightnes: no such class; known reward classes: "),
     ],
 )  # fmt: skip
-def test_bad_values_are_refused_in_one_line_before_anything_is_written(tmp_path, args, expected):
+def test_bad_values_are_refused_in_one_line_before_anything_is_written(
+    tmp_path, monkeypatch, capsys, args, expected
+):
+    from draft_lightning.cli import main
+
     (tmp_path / "weighted_nan.yaml").write_text(WEIGHTED_NAN)
-    done = fit(tmp_path, *args)
-    refused(done, expected)
+    monkeypatch.chdir(tmp_path)  # in-process: the command's entry point, without the imports
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", str(ROOT / "configs/draft_lv.yaml"),
+              "--config", str(ROOT / "configs/cpu_tiny.yaml"), *args])  # fmt: skip
+    errors = capsys.readouterr().err.strip().splitlines()
+    refused(subprocess.CompletedProcess([], stop.value.code, "", "\n".join(errors)), expected)
     assert [p.name for p in tmp_path.iterdir()] == ["weighted_nan.yaml"]  # no log folder
 
 
