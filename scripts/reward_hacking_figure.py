@@ -49,9 +49,9 @@ def table(values: dict[str, dict[int, float]]) -> str:
     return "\n".join(lines)
 
 
-def draw(run: Path, rows: list[tuple[str, int | None]], out: Path, scale: int = 3) -> None:
-    """One row per (label, adapter step or None for the base model): 8 training captions,
-    seed 0, each image under its reward and judge scores."""
+def draw(run: Path, rows: list[tuple[str, int | None, float]], out: Path, scale: int = 3) -> None:
+    """One row per (label, adapter step or None for the base model, LoRA strength): 8
+    training captions, seed 0, each image under its reward and judge scores."""
     from draft_lightning.module import DraftModule
     from draft_lightning.samplers.settings import SamplingSettings
     from draft_lightning.toy.judge import ToyJudgeReward
@@ -67,22 +67,28 @@ def draw(run: Path, rows: list[tuple[str, int | None]], out: Path, scale: int = 
         sampling=SamplingSettings(num_steps=20, guidance_scale=3.0, resolution=32),
     )
     font = ImageFont.load_default()
-    cell, label_height, left = 32 * scale, 28, 230
+    cell, label_height, left = 32 * scale, 16, 190
     sheet = Image.new(
         "RGB", (left + cell * len(prompts), len(rows) * (cell + label_height)), "white"
     )
     pen = ImageDraw.Draw(sheet)
-    for row, (label, step) in enumerate(rows):
+    loaded = set()
+    for row, (label, step, strength) in enumerate(rows):
         if step is None:
             module.pipeline.use_adapters(["default"], [0.0])  # the base model exactly
         else:
             name = f"step_{step}"
-            module.pipeline.load_lora(run / "lora" / f"step={step}", adapter_name=name)
-            module.pipeline.use_adapters([name], [1.0])
+            if name not in loaded:
+                module.pipeline.load_lora(run / "lora" / f"step={step}", adapter_name=name)
+                loaded.add(name)
+            module.pipeline.use_adapters([name], [strength])
         images = module.generate(prompts, [0] * len(prompts))
         with torch.no_grad():
             scores = reward(images, prompts)
             judged = judge(images, prompts)
+        circles = float(judge.verdicts(images).float().mean())
+        print(f"{label}: reward {scores.mean():.3f}, judge {judged.mean():.3f}, "
+              f"judged circles {circles:.2f}")  # fmt: skip
         top = row * (cell + label_height)
         pen.text((4, top + cell // 2 - 16), label, fill="black", font=font)
         pen.text(
@@ -109,6 +115,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="the toy run's version folder")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/images/reward_hacking.png")
+    parser.add_argument(
+        "--strengths", type=float, nargs="*", default=[], help="also draw the plain rule's "
+        "adapter at these LoRA strengths (the paper's LoRA scaling)",
+    )  # fmt: skip
     args = parser.parse_args()
     values = curves(args.run)
     print(table(values))
@@ -118,10 +128,11 @@ def main() -> None:
     plain = max(rewards, key=rewards.get)  # what best_checkpoint.monitor: val/reward keeps
     flagged = [s for s, v in values.get("val/hacking", {}).items() if v == 1]
     print(f"selected (guarded rule): step {selected}; plain rule: step {plain}; flagged: {flagged}")
-    rows = [("before: base model", None)]
+    rows = [("before: base model", None, 0.0)]
     if selected is not None:
-        rows.append((f"selected: step {selected} (guarded)", selected))
-    rows.append((f"hacked: step {plain} (plain rule)", plain))
+        rows.append((f"selected: step {selected} (guarded)", selected, 1.0))
+    rows.append((f"hacked: step {plain} (plain rule)", plain, 1.0))
+    rows += [(f"step {plain} at LoRA strength {s:g}", plain, s) for s in args.strengths]
     draw(args.run, rows, args.out)
     print(f"wrote {args.out}")
 
