@@ -130,14 +130,13 @@ def training_step(
 
     optimizer.zero_grad(set_to_none=True)
     device = module.pipeline.device
-    # On the meta device the stand-in autocast is kept through backward: torch's checkpoint
-    # re-enters autocast for its recompute, and the stand-in must be active then too.
-    autocast = (
-        meta_autocast(precision) if device.type == "meta" else real_autocast(device, precision)
-    )
-    with autocast:
+    meta = device.type == "meta"
+    with meta_autocast(precision) if meta else real_autocast(device, precision):
         loss = module.training_step({"prompts": [PROMPT] * batch}, 0)
-        loss.backward()
+        if meta:  # torch's checkpoint re-enters autocast for its recompute; the stand-in
+            loss.backward()  # cannot be re-entered that way, so it stays on through backward
+    if not meta:
+        loss.backward()  # outside autocast, as Lightning runs it
     optimizer.step()
     return loss.detach()
 
