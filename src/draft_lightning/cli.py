@@ -244,7 +244,7 @@ def check_checkpoint(path: str, config=None) -> None:
     required = "loops" if sharded else "state_dict"
     if not isinstance(checkpoint, dict) or required not in checkpoint:
         raise ConfigError(f"ckpt_path={path!r} is not a Lightning checkpoint (no {required})")
-    rank = _model_args(config).get("lora", {}).get("rank", 8)  # LoraSettings' default
+    rank = (_model_args(config).get("lora") or {}).get("rank", 8)  # LoraSettings' default
     found = sorted(
         {int(v.shape[0]) for k, v in checkpoint.get("state_dict", {}).items() if ".lora_A." in k}
     )

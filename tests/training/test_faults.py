@@ -85,6 +85,8 @@ def runs(tmp_path_factory, tiny_sd):
         version(stopped) / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu"
     )
     resumed = fit(stopped, "--ckpt_path", "last", *signal_at(2, "validation", "SIGINT"))
+    stale = version(stopped) / "checkpoints" / ".last.ckpt.tmp-k1ll3d"  # a kill mid-save's
+    stale.write_bytes(b"half a checkpoint")
     finished = fit(stopped, "--ckpt_path", "last")
     return {
         "straight": straight,
@@ -94,6 +96,7 @@ def runs(tmp_path_factory, tiny_sd):
         "after_term": after_term,
         "int": resumed,
         "finished": finished,
+        "stale": stale,
     }
 
 
@@ -127,6 +130,7 @@ def test_resumed_run_equals_the_uninterrupted_one_and_redoes_the_abandoned_valid
     configs = sorted(p.name for p in version(runs["stopped"]).glob("config*.yaml"))
     assert configs == ["config-resumed-step=2-2.yaml", "config-resumed-step=2.yaml", "config.yaml"]
     assert "SIGTERM" in (version(runs["stopped"]) / "config.yaml").read_text()
+    assert not runs["stale"].exists()  # deleted as the resumed run started
     straight, stopped = runs["straight"], runs["stopped"]
     assert rewards(stopped) == rewards(straight)  # same prompts and rewards, step by step
     ours, reference = lora(stopped), lora(straight)
