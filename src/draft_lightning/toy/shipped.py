@@ -3,8 +3,8 @@ runs on a fresh install without `make toy`.
 
 `python -m draft_lightning.toy.shipped` (`make toy-ship`) copies what `make toy` wrote to the
 cache (toy-sd, toy-classifier, toy-judge) into the package: the model's weights as float16
-safetensors (half the bytes; its images match the float32 model's to within a few
-thousandths, measured in docs/toy.md), the classifier's and the judge's as saved (float32,
+safetensors (half the bytes; its images differ from the float32 model's by 0.0005 on
+average, docs/toy.md), the classifier's and the judge's as saved (float32,
 small), and a MANIFEST.json with every file's sha256, the commit whose `make toy` produced
 them, and when, which decides whether a newer `make toy` output replaces them (paths.py).
 """
