@@ -131,7 +131,8 @@ def main() -> None:
     rows = [("before: base model", None, 0.0)]
     if selected is not None:
         rows.append((f"selected: step {selected} (guarded)", selected, 1.0))
-    rows.append((f"hacked: step {plain} (plain rule)", plain, 1.0))
+    if plain != selected:
+        rows.append((f"hacked: step {plain} (plain rule)", plain, 1.0))
     rows += [(f"step {plain} at LoRA strength {s:g}", plain, s) for s in args.strengths]
     draw(args.run, rows, args.out)
     print(f"wrote {args.out}")
