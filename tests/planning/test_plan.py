@@ -4,6 +4,8 @@ allocator's records (planning/measure.py); and the sizes `--memory` accepts."""
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 
@@ -17,6 +19,7 @@ from draft_lightning.planning.plan import (
     plan_step,
     training_step,
 )
+from draft_lightning.samplers.base import Sampler
 
 TINY = ["--config", "configs/draft_lv.yaml", "--config", "configs/cpu_tiny.yaml"]
 FEW_STEPS = ["--model.sampling.num_steps", "4"]
@@ -73,6 +76,30 @@ def test_planned_peak_matches_the_measured_step(estimator):
     assert roles["frozen"] == sum(frozen.values())  # the weights, exactly
     assert sum(roles.values()) == plan.peak_bytes
     assert plan.flops > 0
+
+
+@pytest.mark.parametrize("estimator", ["draft_lv", "draft_k3"])
+def test_no_grad_steps_planned_once_plan_what_tracing_them_all_plans(estimator):
+    """The shortcut (repeated_steps.py) against the plan that traces every step op by op."""
+    module, batch, precision = build(
+        [*TINY, "--model.sampling.num_steps", "6", *ESTIMATORS[estimator]]
+    )
+    optimizer = make_optimizer(module)
+    plan_step(module, optimizer, batch, precision)  # fills the prompt-embedding cache
+    every = plan_step(module, optimizer, batch, precision, trace_every_step=True)
+    calls = []
+
+    def step(sampler, *args, **kwargs):  # counts the steps run (a Mock would keep their inputs)
+        calls.append(torch.is_grad_enabled())
+        return real_step(sampler, *args, **kwargs)
+
+    real_step = Sampler.step
+    with mock.patch.object(Sampler, "step", step):
+        shortcut = plan_step(module, optimizer, batch, precision)
+    assert shortcut.peak.by_role == every.peak.by_role
+    assert shortcut.flops == every.flops
+    window = 1 if estimator == "draft_lv" else 3
+    assert calls == [False, False] + [True] * window  # two no-grad steps traced; the window
 
 
 def test_more_differentiated_steps_plan_more_memory_and_flops():

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from draft_lightning.errors import ConfigError
+from draft_lightning.planning.repeated_steps import repeated_no_grad_steps
 from draft_lightning.planning.tracker import LiveMemory, Peak
 
 PROMPT = "a photograph of an animal"
@@ -142,14 +143,21 @@ def training_step(
 
 
 def plan_step(
-    module, optimizer: torch.optim.Optimizer, batch: int, precision: str | None = None
+    module,
+    optimizer: torch.optim.Optimizer,
+    batch: int,
+    precision: str | None = None,
+    trace_every_step: bool = False,
 ) -> StepPlan:
-    """Peak memory by role and FLOPs of one training step at `batch` prompts."""
+    """Peak memory by role and FLOPs of one training step at `batch` prompts. The no-grad
+    steps before the gradient window are traced twice and counted for the rest
+    (repeated_steps.py) unless `trace_every_step`."""
     start = time.perf_counter()
     memory = LiveMemory()
     memory.add_module(module)
     memory.add_optimizer(optimizer)
-    with accelerator_attention(), memory:
+    shortcut = nullcontext() if trace_every_step else repeated_no_grad_steps(module.sampler, memory)
+    with accelerator_attention(), shortcut, memory:
         training_step(module, optimizer, batch, precision)
     return StepPlan(batch, memory.peak, memory.flops, time.perf_counter() - start)
 
