@@ -116,8 +116,14 @@ def test_largest_batch_is_the_largest_that_fits():
     optimizer = make_optimizer(module)
     one, four = (plan_step(module, optimizer, b, precision) for b in (1, 4))
     memory = (one.peak_bytes + four.peak_bytes) // 2
-    fit = largest_batch(module, optimizer, [one, four], memory, precision)
+    plans = [one, four]
+    fit = largest_batch(module, optimizer, plans, memory, precision)
     assert 1 <= fit.largest_batch < 4
+    assert len(plans) <= 4  # the affine fit's candidate and the one above it, no bisection
+    assert largest_batch(module, optimizer, plans, memory, precision).largest_batch == (
+        fit.largest_batch
+    )
+    assert len(plans) <= 4  # a second memory size reuses the plans already made
     assert fit.plan.peak_bytes <= memory
     assert plan_step(module, optimizer, fit.largest_batch + 1, precision).peak_bytes > memory
     assert largest_batch(module, optimizer, [one, four], one.peak_bytes - 1).largest_batch == 0
