@@ -241,6 +241,12 @@ def run_paper(smoke: bool = False, models: list[str] | None = None) -> Section:
                     f"{seconds:.0f}",
                 ]
             )
+            # Each row as it is done (a full-DRaFT plan at 1024 px takes minutes).
+            print(
+                "| " + " | ".join(str(cell) for cell in rows[-1]) + " |",
+                file=sys.stderr,
+                flush=True,
+            )
             del module, optimizer
     body = table(
         [
