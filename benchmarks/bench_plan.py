@@ -187,6 +187,11 @@ PAPER = [
         ["DRaFT-1", "DRaFT-LV n=2", "DRaFT-K K=10", "full DRaFT"],
     ),
     (
+        "SD3.5-M, 1024 px",
+        ["--config", "configs/sd35_draft_lv.yaml", "--model.sampling.resolution=1024"],
+        ["DRaFT-1", "DRaFT-LV n=2", "DRaFT-K K=10", "full DRaFT"],
+    ),
+    (
         "FLUX.1-dev, 1024 px",
         ["--config", "configs/flux_draft_lv.yaml", "--model.sampling.resolution=1024"],
         ["DRaFT-1", "DRaFT-LV n=2", "DRaFT-K K=10", "full DRaFT", "Direct-Align"],
@@ -236,6 +241,12 @@ def run_paper(smoke: bool = False, models: list[str] | None = None) -> Section:
                     f"{seconds:.0f}",
                 ]
             )
+            # Each row as it is done (a full-DRaFT plan at 1024 px takes minutes).
+            print(
+                "| " + " | ".join(str(cell) for cell in rows[-1]) + " |",
+                file=sys.stderr,
+                flush=True,
+            )
             del module, optimizer
     body = table(
         [
@@ -254,7 +265,8 @@ def run_paper(smoke: bool = False, models: list[str] | None = None) -> Section:
         "\n\nEach row is `lightning plan --config <config> --model.estimator ...` (the shipped"
         " config's sampling steps, guidance, LoRA, checkpointing and bf16-mixed precision);"
         " largest batch = the affine fit of the plans at batch 1 and 2 (`lightning plan"
-        " --memory` bisects with further plans). Not included: CUDA context and allocator"
+        " --memory` verifies the fit's candidate and the batch above it with plans of their"
+        " own). Not included: CUDA context and allocator"
         " fragmentation."
     )
     return Section("10. Paper scale from `lightning plan`", "", body, data)

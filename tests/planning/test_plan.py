@@ -4,6 +4,9 @@ allocator's records (planning/measure.py); and the sizes `--memory` accepts."""
 
 from __future__ import annotations
 
+import functools
+from unittest import mock
+
 import pytest
 import torch
 
@@ -17,6 +20,7 @@ from draft_lightning.planning.plan import (
     plan_step,
     training_step,
 )
+from draft_lightning.samplers.base import Sampler
 
 TINY = ["--config", "configs/draft_lv.yaml", "--config", "configs/cpu_tiny.yaml"]
 FEW_STEPS = ["--model.sampling.num_steps", "4"]
@@ -50,14 +54,21 @@ def real_module(args: list[str]):
     return cli.model
 
 
+@functools.cache
+def planned(estimator: str):
+    """(module, optimizer, batch, precision, its first plan) of the tiny config with
+    `estimator`, built weightless once and shared by the tests below."""
+    module, batch, precision = build([*TINY, *FEW_STEPS, *ESTIMATORS[estimator]])
+    optimizer = make_optimizer(module)
+    return module, optimizer, batch, precision, plan_step(module, optimizer, batch, precision)
+
+
 @pytest.mark.parametrize("estimator", list(ESTIMATORS))
 def test_planned_peak_matches_the_measured_step(estimator):
-    args = [*TINY, *FEW_STEPS, *ESTIMATORS[estimator]]
-    planned_module, batch, precision = build(args)
+    planned_module, _, batch, precision, plan = planned(estimator)
     assert next(planned_module.pipeline.denoiser.parameters()).device.type == "meta"
-    plan = plan_step(planned_module, make_optimizer(planned_module), batch, precision)
 
-    module = real_module(args)
+    module = real_module([*TINY, *FEW_STEPS, *ESTIMATORS[estimator]])
     optimizer = make_optimizer(module)
     measured = measured_peak(
         lambda: training_step(module, optimizer, batch, precision),
@@ -75,22 +86,44 @@ def test_planned_peak_matches_the_measured_step(estimator):
     assert plan.flops > 0
 
 
+@pytest.mark.parametrize("estimator", ["draft_lv", "draft_1"])
+def test_no_grad_steps_planned_once_plan_what_tracing_them_all_plans(estimator):
+    """The shortcut (repeated_steps.py) against the plan that traces every step op by op."""
+    module, optimizer, batch, precision, _ = planned(estimator)  # prompt cache filled
+    every = plan_step(module, optimizer, batch, precision, trace_every_step=True)
+    calls = []
+
+    def step(sampler, *args, **kwargs):  # counts the steps run (a Mock would keep their inputs)
+        calls.append(torch.is_grad_enabled())
+        return real_step(sampler, *args, **kwargs)
+
+    real_step = Sampler.step
+    with mock.patch.object(Sampler, "step", step):
+        shortcut = plan_step(module, optimizer, batch, precision)
+    assert shortcut.peak.by_role == every.peak.by_role
+    assert shortcut.flops == every.flops
+    # 4 steps: two no-grad steps traced (of 4 for DRaFT-LV, 3 for DRaFT-1), the window's one run
+    assert calls == [False, False, True]
+
+
 def test_more_differentiated_steps_plan_more_memory_and_flops():
-    plans = {}
-    for name in ("draft_1", "draft_full"):
-        module, batch, precision = build([*TINY, *FEW_STEPS, *ESTIMATORS[name]])
-        plans[name] = plan_step(module, make_optimizer(module), batch, precision)
-    assert plans["draft_full"].peak_bytes > plans["draft_1"].peak_bytes
-    assert plans["draft_full"].flops > plans["draft_1"].flops
+    one, full = planned("draft_1")[-1], planned("draft_full")[-1]
+    assert full.peak_bytes > one.peak_bytes
+    assert full.flops > one.flops
 
 
 def test_largest_batch_is_the_largest_that_fits():
-    module, _, precision = build([*TINY, *FEW_STEPS])
-    optimizer = make_optimizer(module)
+    module, optimizer, _, precision, _ = planned("draft_lv")
     one, four = (plan_step(module, optimizer, b, precision) for b in (1, 4))
     memory = (one.peak_bytes + four.peak_bytes) // 2
-    fit = largest_batch(module, optimizer, [one, four], memory, precision)
+    plans = [one, four]
+    fit = largest_batch(module, optimizer, plans, memory, precision)
     assert 1 <= fit.largest_batch < 4
+    assert len(plans) <= 4  # the affine fit's candidate and the one above it, no bisection
+    assert largest_batch(module, optimizer, plans, memory, precision).largest_batch == (
+        fit.largest_batch
+    )
+    assert len(plans) <= 4  # a second memory size reuses the plans already made
     assert fit.plan.peak_bytes <= memory
     assert plan_step(module, optimizer, fit.largest_batch + 1, precision).peak_bytes > memory
     assert largest_batch(module, optimizer, [one, four], one.peak_bytes - 1).largest_batch == 0

@@ -134,10 +134,7 @@ def main(args: list[str]) -> None:
     plan = plan_step(module, optimizer, batch, precision)
     fits = []
     if memories:
-        other = plan_step(module, optimizer, batch + 1 if batch == 1 else 1, precision)
-        fits = [
-            largest_batch(module, optimizer, [plan, other], memory, precision)
-            for memory in memories
-        ]
+        plans = [plan, plan_step(module, optimizer, batch + 1 if batch == 1 else 1, precision)]
+        fits = [largest_batch(module, optimizer, plans, memory, precision) for memory in memories]
     print(report(module, plan, precision, fits, time.perf_counter() - start))
     sys.stdout.flush()

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from draft_lightning.errors import ConfigError
+from draft_lightning.planning.repeated_steps import repeated_no_grad_steps
 from draft_lightning.planning.tracker import LiveMemory, Peak
 
 PROMPT = "a photograph of an animal"
@@ -142,14 +143,21 @@ def training_step(
 
 
 def plan_step(
-    module, optimizer: torch.optim.Optimizer, batch: int, precision: str | None = None
+    module,
+    optimizer: torch.optim.Optimizer,
+    batch: int,
+    precision: str | None = None,
+    trace_every_step: bool = False,
 ) -> StepPlan:
-    """Peak memory by role and FLOPs of one training step at `batch` prompts."""
+    """Peak memory by role and FLOPs of one training step at `batch` prompts. The no-grad
+    steps before the gradient window are traced twice and counted for the rest
+    (repeated_steps.py) unless `trace_every_step`."""
     start = time.perf_counter()
     memory = LiveMemory()
     memory.add_module(module)
     memory.add_optimizer(optimizer)
-    with accelerator_attention(), memory:
+    shortcut = nullcontext() if trace_every_step else repeated_no_grad_steps(module.sampler, memory)
+    with accelerator_attention(), shortcut, memory:
         training_step(module, optimizer, batch, precision)
     return StepPlan(batch, memory.peak, memory.flops, time.perf_counter() - start)
 
@@ -167,8 +175,9 @@ def largest_batch(
     module, optimizer, plans: list[StepPlan], memory: int, precision: str | None = None
 ) -> Fit:
     """The peak is close to affine in the batch (weights fixed, the rest per sample): solve
-    from two plans, then bisect with plans of their own between the largest batch known to
-    fit and the smallest known not to."""
+    from the first two plans, verify the candidate and the one above it with plans of their
+    own, and bisect only if the fit was off. New plans are appended to `plans`, so a call for
+    another memory size reuses them."""
     (small, large) = sorted(plans[:2], key=lambda p: p.batch)
     slope = max((large.peak_bytes - small.peak_bytes) / (large.batch - small.batch), 1.0)
     fixed = small.peak_bytes - slope * small.batch
@@ -177,17 +186,21 @@ def largest_batch(
     def fits(batch: int) -> bool:
         if batch not in known:
             known[batch] = plan_step(module, optimizer, batch, precision)
+            plans.append(known[batch])
         return known[batch].peak_bytes <= memory
 
     if not fits(1):
         return Fit(memory, 0, None)
     guess = max(1, int((memory - fixed) // slope))
-    low, high = 1, None  # fits, does not fit
+    low = max(b for b, plan in known.items() if plan.peak_bytes <= memory)  # fits
+    high = min((b for b, plan in known.items() if plan.peak_bytes > memory), default=None)
     for batch in (guess, guess + 1):
+        if batch <= low or (high is not None and batch >= high):
+            continue  # already known
         if fits(batch):
-            low = max(low, batch)
+            low = batch
         else:
-            high = batch if high is None else min(high, batch)
+            high = batch
             break
     while high is None:  # the guess was low: double until a batch does not fit
         if fits(low * 2):

@@ -64,10 +64,14 @@ class ShapeTokenizer:
         self.model_max_length = model_max_length
 
     def __call__(self, texts, max_length: int | None = None, return_tensors=None, **_):
+        from transformers import BatchEncoding
+
         texts = [texts] if isinstance(texts, str) else list(texts)
         length = max_length or self.model_max_length
         ids = torch.zeros(len(texts), length, dtype=torch.long)
-        return SimpleNamespace(input_ids=ids, attention_mask=torch.ones_like(ids))
+        # No attention mask: it would be all ones (every prompt the same length), which models
+        # treat as none, but checking that reads a value, which a meta tensor has not.
+        return BatchEncoding({"input_ids": ids})
 
 
 _ORIGINALS: dict[str, object] = {}
@@ -127,6 +131,31 @@ def _open_clip_weights(arch: str, pretrained: str, what: str) -> tuple[Path, dic
     )
 
 
+def _reward_folder(original):
+    """A reward's `resolve_folder` that finds a hub id's shipped configs (PickScore's CLIPModel
+    and its processor) before asking the hub."""
+
+    def resolve(source: str, what: str, required, weights=()) -> Path:
+        shipped = ARCHITECTURES / source.replace("/", "--")
+        if source.count("/") == 1 and not Path(source).expanduser().is_dir() and shipped.is_dir():
+            return shipped
+        with _paused():  # a registered tiny reward is built (with weights) on first use
+            return original(source, what, required, weights)
+
+    return resolve
+
+
+def _clip_processor(cls, folder, **_):
+    """A CLIPProcessor from its image-preprocessing config and a `ShapeTokenizer` (the real
+    tokenizer's vocabulary files are not shipped: only the ids' length matters)."""
+    from transformers import CLIPImageProcessor
+
+    return SimpleNamespace(
+        image_processor=CLIPImageProcessor.from_pretrained(folder),
+        tokenizer=_tokenizer(cls, folder),
+    )
+
+
 def _aesthetic_head(source: str, what: str):
     from draft_lightning.rewards.aesthetic import aesthetic_mlp
 
@@ -144,12 +173,13 @@ def weightless(device: str = "meta") -> Iterator[None]:
     import transformers
 
     from draft_lightning.models import pipeline
-    from draft_lightning.rewards import aesthetic, open_clip_loader
+    from draft_lightning.rewards import aesthetic, open_clip_loader, pickscore
 
     create_model = open_clip.create_model
     _ORIGINALS["diffusers"] = vars(diffusers.ModelMixin)["from_pretrained"]
     _ORIGINALS["transformers"] = vars(transformers.PreTrainedModel)["from_pretrained"]
     _ORIGINALS["tokenizer"] = vars(transformers.PreTrainedTokenizerBase)["from_pretrained"]
+    _ORIGINALS["processor"] = vars(transformers.ProcessorMixin)["from_pretrained"]
 
     def open_clip_model(arch, pretrained=None, **kwargs):
         if _PAUSED[0]:
@@ -186,6 +216,12 @@ def weightless(device: str = "meta") -> Iterator[None]:
             "from_pretrained",
             _unless_paused("tokenizer", _tokenizer),
         ),
+        mock.patch.object(
+            transformers.CLIPProcessor,
+            "from_pretrained",
+            _unless_paused("processor", _clip_processor),
+        ),
+        mock.patch.object(pickscore, "resolve_folder", _reward_folder(pickscore.resolve_folder)),
         mock.patch.object(open_clip_loader, "_weights_file", _open_clip_weights),
         mock.patch.object(open_clip, "create_model", open_clip_model),
         mock.patch.object(aesthetic, "load_aesthetic_mlp", _aesthetic_head),
