@@ -15,6 +15,7 @@ import time
 import torch
 
 from benchmarks.bench_plan import TINY, estimator_args
+from draft_lightning.cli import _cli_class
 from draft_lightning.planning.command import build
 from draft_lightning.planning.plan import GIB, make_optimizer, plan_step, training_step
 
@@ -27,10 +28,10 @@ ESTIMATORS = ["DRaFT-1", "DRaFT-LV n=2"]
 
 def measure(args: list[str], device: str, steps: int) -> dict:
     """Plan the config, then run it for real with random weights on `device`."""
-    planned_module, batch, precision = build(args)
+    planned_module, batch, precision = build(args, _cli_class())
     plan = plan_step(planned_module, make_optimizer(planned_module), batch, precision)
     del planned_module
-    module, _, _ = build(args, device=device)
+    module, _, _ = build(args, _cli_class(), device=device)
     optimizer = make_optimizer(module)
     cuda = device.startswith("cuda")
     training_step(module, optimizer, batch, precision)  # warm-up (kernels, allocator)

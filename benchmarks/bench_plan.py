@@ -23,6 +23,7 @@ import time
 import torch
 
 from benchmarks.common import ROOT, Section, table
+from draft_lightning.cli import _cli_class
 from draft_lightning.planning.command import build
 from draft_lightning.planning.measure import measured_peak, resident_bytes
 from draft_lightning.planning.plan import GIB, make_optimizer, plan_step, training_step
@@ -76,15 +77,13 @@ def estimator_args(name: str) -> list[str]:
 
 def check(args: list[str], real_device: str | None) -> tuple[int, int, dict]:
     """(planned peak, measured peak, planned roles) of one step of the config `args`."""
-    module, batch, precision = build(args)
+    module, batch, precision = build(args, _cli_class())
     plan = plan_step(module, make_optimizer(module), batch, precision)
     del module
     if real_device is None:  # the tiny model's own loading path, with its weights
-        from draft_lightning.cli import _cli_class
-
         real, _, _ = _real(args, _cli_class)
     else:  # the same architecture, randomly initialised
-        real, _, _ = build(args, device=real_device)
+        real, _, _ = build(args, _cli_class(), device=real_device)
     optimizer = make_optimizer(real)
     torch.manual_seed(0)
     measured = measured_peak(
@@ -209,7 +208,7 @@ def run_paper(smoke: bool = False, models: list[str] | None = None) -> Section:
             if smoke:
                 args += ["--model.sampling.num_steps=3", "--model.sampling.resolution=128"]
             start = time.perf_counter()
-            module, batch, precision = build(args)
+            module, batch, precision = build(args, _cli_class())
             optimizer = make_optimizer(module)
             plans = {b: plan_step(module, optimizer, b, precision) for b in (1, 2)}
             slope = plans[2].peak_bytes - plans[1].peak_bytes

@@ -366,7 +366,7 @@ def main(args: list[str] | None = None) -> None:
         if argv[:1] == ["plan"]:  # not a Lightning subcommand: one step planned, nothing run
             from draft_lightning.planning.command import main as plan
 
-            plan(argv[1:])
+            plan(argv[1:], _cli_class())
             return
         _cli_class()(
             RewardFineTuningModule,

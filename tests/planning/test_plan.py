@@ -10,6 +10,7 @@ from unittest import mock
 import pytest
 import torch
 
+from draft_lightning.cli import _cli_class
 from draft_lightning.errors import ConfigError
 from draft_lightning.planning.command import TRAINER_OVERRIDES, build
 from draft_lightning.planning.measure import measured_peak, resident_bytes
@@ -58,7 +59,7 @@ def real_module(args: list[str]):
 def planned(estimator: str):
     """(module, optimizer, batch, precision, its first plan) of the tiny config with
     `estimator`, built weightless once and shared by the tests below."""
-    module, batch, precision = build([*TINY, *FEW_STEPS, *ESTIMATORS[estimator]])
+    module, batch, precision = build([*TINY, *FEW_STEPS, *ESTIMATORS[estimator]], _cli_class())
     optimizer = make_optimizer(module)
     return module, optimizer, batch, precision, plan_step(module, optimizer, batch, precision)
 

@@ -58,19 +58,20 @@ def split_arguments(args: list[str]) -> tuple[list[str], list[int]]:
     return rest, memories
 
 
-def build(args: list[str], device: str = "meta"):
+def build(args: list[str], cli_class: type, device: str = "meta"):
     """(module, batch size, precision) from fit's config files, weightless (`device="cpu"`:
-    with random weights instead, to measure what the plan predicts)."""
+    with random weights instead, to measure what the plan predicts). `cli_class` is the
+    LightningCLI class `fit` parses with (`draft_lightning.cli.cli_class()`), passed in so
+    that the command line, which dispatches `plan` here, stays the only importer of both."""
     import draft_lightning.estimators  # noqa: F401
     import draft_lightning.rewards  # noqa: F401
     from draft_lightning.base_module import RewardFineTuningModule
-    from draft_lightning.cli import _cli_class
     from draft_lightning.data import PromptDataModule
     from draft_lightning.module import DraftModule
     from draft_lightning.planning.weightless import weightless
 
     with weightless(device):
-        cli = _cli_class()(
+        cli = cli_class(
             RewardFineTuningModule,
             PromptDataModule,
             subclass_mode_model=True,
@@ -126,10 +127,10 @@ def report(module, plan: StepPlan, precision: str, fits: list[Fit], seconds: flo
     return "\n".join(lines)
 
 
-def main(args: list[str]) -> None:
+def main(args: list[str], cli_class: type) -> None:
     start = time.perf_counter()
     rest, memories = split_arguments(args)
-    module, batch, precision = build(rest)
+    module, batch, precision = build(rest, cli_class)
     optimizer = make_optimizer(module)
     plan = plan_step(module, optimizer, batch, precision)
     fits = []
