@@ -94,18 +94,9 @@ def check(args: list[str], real_device: str | None) -> tuple[int, int, dict]:
 
 
 def _real(args, cli_class):
-    from draft_lightning.base_module import RewardFineTuningModule
-    from draft_lightning.data import PromptDataModule
-    from draft_lightning.planning.command import TRAINER_OVERRIDES
+    from draft_lightning.planning.command import parse_fit
 
-    cli = cli_class()(
-        RewardFineTuningModule,
-        PromptDataModule,
-        subclass_mode_model=True,
-        run=False,
-        save_config_callback=None,
-        args=[*args, *TRAINER_OVERRIDES],
-    )
+    cli = parse_fit(args, cli_class())
     return cli.model, cli.datamodule.batch_size, None
 
 

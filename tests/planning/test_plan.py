@@ -12,7 +12,7 @@ import torch
 
 from draft_lightning.cli import _cli_class
 from draft_lightning.errors import ConfigError
-from draft_lightning.planning.command import TRAINER_OVERRIDES, build
+from draft_lightning.planning.command import build, parse_fit
 from draft_lightning.planning.measure import measured_peak, resident_bytes
 from draft_lightning.planning.plan import (
     largest_batch,
@@ -40,19 +40,7 @@ ESTIMATORS = {
 
 def real_module(args: list[str]):
     """The same config built with its (tiny, random) weights, as `lightning fit` builds it."""
-    from draft_lightning.base_module import RewardFineTuningModule
-    from draft_lightning.cli import _cli_class
-    from draft_lightning.data import PromptDataModule
-
-    cli = _cli_class()(
-        RewardFineTuningModule,
-        PromptDataModule,
-        subclass_mode_model=True,
-        run=False,
-        save_config_callback=None,
-        args=[*args, *TRAINER_OVERRIDES],
-    )
-    return cli.model
+    return parse_fit(args, _cli_class()).model
 
 
 @functools.cache

@@ -58,27 +58,34 @@ def split_arguments(args: list[str]) -> tuple[list[str], list[int]]:
     return rest, memories
 
 
-def build(args: list[str], cli_class: type, device: str = "meta"):
-    """(module, batch size, precision) from fit's config files, weightless (`device="cpu"`:
-    with random weights instead, to measure what the plan predicts). `cli_class` is the
-    LightningCLI class `fit` parses with (`draft_lightning.cli.cli_class()`), passed in so
-    that the command line, which dispatches `plan` here, stays the only importer of both."""
+def parse_fit(args: list[str], cli_class: type):
+    """The LightningCLI of `lightning fit` over `args` (model and data built, nothing run).
+    `cli_class` is the class the command line parses with (`draft_lightning.cli._cli_class()`),
+    passed in so that the command line, which dispatches `plan` here, stays the only importer
+    of both."""
     import draft_lightning.estimators  # noqa: F401
     import draft_lightning.rewards  # noqa: F401
     from draft_lightning.base_module import RewardFineTuningModule
     from draft_lightning.data import PromptDataModule
+
+    return cli_class(
+        RewardFineTuningModule,
+        PromptDataModule,
+        subclass_mode_model=True,
+        run=False,
+        save_config_callback=None,
+        args=[*args, *TRAINER_OVERRIDES],
+    )
+
+
+def build(args: list[str], cli_class: type, device: str = "meta"):
+    """(module, batch size, precision) from fit's config files, weightless (`device="cpu"`:
+    with random weights instead, to measure what the plan predicts)."""
     from draft_lightning.module import DraftModule
     from draft_lightning.planning.weightless import weightless
 
     with weightless(device):
-        cli = cli_class(
-            RewardFineTuningModule,
-            PromptDataModule,
-            subclass_mode_model=True,
-            run=False,
-            save_config_callback=None,
-            args=[*args, *TRAINER_OVERRIDES],
-        )
+        cli = parse_fit(args, cli_class)
     if not isinstance(cli.model, DraftModule):
         raise ConfigError(
             f"plan covers DraftModule's estimators; model is {type(cli.model).__name__}"
