@@ -57,6 +57,11 @@ def test_judge_round_trips_and_its_reward_prefers_its_value(colour_judge):
     pictures, captions = torch.cat([red, blue]), [red_caption, blue_caption] * 2
     assert stated.verdicts(pictures, captions).tolist() == [True, False, False, True]
     torch.testing.assert_close(stated(pictures[:1], captions[:1]), scores[:1])
+    # A caption that leaves the colour unsaid: any colour agrees with it.
+    colourless = world.leave_unsaid(red_caption, ["colour"])
+    assert stated.verdicts(pictures[2:3], [colourless]).tolist() == [True]
+    assert stated(pictures[2:3], [colourless]).tolist() == [1.0]
+    assert stated(pictures[2:3], [blue_caption]).item() > 0.5  # the blue picture, judged blue
     with pytest.raises(ConfigError, match="needs toy world captions"):
         stated(pictures[:1], ["a cat"])
 

@@ -68,6 +68,57 @@ def test_every_attribute_value_occurs_and_captions_state_the_attributes():
     assert len(set(world.all_captions())) == 3 * 4 * 2 * 3 * 3
 
 
+def test_captions_may_leave_every_attribute_but_the_shape_unsaid():
+    full = world.all_captions()
+    every = world.all_captions(include_partial=True)
+    assert every[: len(full)] == full  # the full captions keep their order
+    # shape x (each optional attribute's values or unsaid)
+    assert len(set(every)) == len(every) == 3 * (4 + 1) * (2 + 1) * (3 + 1) * (3 + 1)
+    caption = world.Scene("square", "blue", "large", "left", "white").caption
+    assert (
+        world.leave_unsaid(caption, ["colour"])
+        == "a large square on the left of a white background"
+    )
+    assert world.leave_unsaid(caption, ["position"]) == "a large blue square on a white background"
+    assert world.leave_unsaid(caption, ["background"]) == "a large blue square on the left"
+    assert world.leave_unsaid(caption, world.OPTIONAL_ATTRIBUTES) == "a square"
+    assert world.parse_caption("a large square on a white background") == {
+        "shape": "square",
+        "size": "large",
+        "background": "white",
+    }
+    for partial in every:  # each caption parses back to the attributes it was made from
+        assert world.describe(**world.parse_caption(partial)) == partial
+    with pytest.raises(ValueError, match="can be left unsaid"):
+        world.leave_unsaid(caption, ["shape"])
+
+
+def test_unet_training_leaves_attributes_unsaid_at_the_configured_rate():
+    from draft_lightning.toy.unet_training import UNetTraining
+
+    captions = world.all_captions(include_partial=True)
+    table = torch.arange(len(captions) + 1, dtype=torch.float32)[:, None, None]  # row = index
+    scene = world.Scene("square", "blue", "large", "left", "white")
+
+    def stated_counts(attribute_dropout: float) -> Counter:
+        task = UNetTraining(
+            torch.nn.Identity(),
+            torch.nn.Identity(),
+            captions,
+            table,
+            caption_dropout=0.0,
+            attribute_dropout=attribute_dropout,
+        )
+        rows = task.context([scene.caption] * 2000)[:, 0, 0].long().tolist()
+        return Counter(key for row in rows for key in world.parse_caption(captions[row]))
+
+    assert stated_counts(0.0) == Counter(dict.fromkeys(world.ATTRIBUTES, 2000))
+    counts = stated_counts(0.25)
+    assert counts["shape"] == 2000
+    for name in world.OPTIONAL_ATTRIBUTES:
+        assert 1400 < counts[name] < 1600, (name, counts[name])  # about 75% kept
+
+
 def test_rendered_pixels_match_the_caption():
     scenes = world.scenes(5, range(64))
     images = world.render(scenes)
@@ -296,6 +347,12 @@ def test_pretraining_writes_an_sd_folder_and_a_quality_report(pretrained):
     for agreement in saved["generation"]["by_guidance"].values():
         assert set(agreement) == {*world.ATTRIBUTES, "all"}
         assert all(0 <= v <= 1 for v in agreement.values())
+    assert saved["generation"]["unsaid"].keys() == set(world.OPTIONAL_ATTRIBUTES)
+    for attribute, unsaid in saved["generation"]["unsaid"].items():
+        assert unsaid["drawn"].keys() == set(world.ATTRIBUTES[attribute])
+        assert sum(unsaid["drawn"].values()) == pytest.approx(1.0)
+        assert 0 <= unsaid["stated_agreement"] <= 1
+    assert saved["settings"]["attribute_dropout"] == TINY.attribute_dropout
     assert set(saved["classifier_held_out_accuracy"]) == set(world.ATTRIBUTES)
     assert set(saved["judge_held_out_accuracy"]) == set(world.ATTRIBUTES)
     assert saved == json.loads(json.dumps(report))

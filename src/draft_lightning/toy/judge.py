@@ -115,7 +115,8 @@ CAPTION = "caption"  # a ToyJudgeReward value: whatever each image's prompt stat
 class ToyJudgeReward(Reward):
     """The toy judge's probability that an image's attribute is a value (a held-out score).
 
-    With value "caption", the value each image's prompt states. For runs trained on
+    With value "caption", the value each image's prompt states (1 where the prompt leaves the
+    attribute unsaid: any value agrees with it). For runs trained on
     ToyAttributeReward: the same question, asked of an independent network."""
 
     def __init__(
@@ -155,7 +156,8 @@ class ToyJudgeReward(Reward):
         return self.judge(images.float())[self.attribute].float().softmax(dim=1)
 
     def targets(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Per image, the index of the value it is judged against, [B]."""
+        """Per image, the index of the value it is judged against, [B]; -1 where the value is
+        `caption` and the caption leaves the attribute unsaid (any value agrees with it)."""
         values = self.judge.attributes[self.attribute]
         if self.value != CAPTION:
             return torch.full((len(prompts),), values.index(self.value), dtype=torch.long)
@@ -165,17 +167,20 @@ class ToyJudgeReward(Reward):
             raise ConfigError(
                 f"ToyJudgeReward(value='caption') needs toy world captions as prompts, got {bad!r}"
             )
-        return torch.tensor([values.index(s[self.attribute]) for s in stated])
+        return torch.tensor(
+            [values.index(s[self.attribute]) if self.attribute in s else -1 for s in stated]
+        )
 
     def forward(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         target = self.targets(prompts).to(images.device)
-        return self.probabilities(images).gather(1, target[:, None])[:, 0]
+        agreement = self.probabilities(images).gather(1, target.clamp(min=0)[:, None])[:, 0]
+        return torch.where(target < 0, torch.ones_like(agreement), agreement)
 
     @torch.no_grad()
     def verdicts(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """Per image, True where the judge's most likely value is the target, [B] bool."""
         target = self.targets(prompts).to(images.device)
-        return self.probabilities(images).argmax(dim=1) == target
+        return (self.probabilities(images).argmax(dim=1) == target) | (target < 0)
 
     def extra_repr(self) -> str:
         return f"attribute={self.attribute!r}, value={self.value!r}"

@@ -29,8 +29,8 @@ def caption_agreement(
 ) -> dict[str, float]:
     """Per attribute (and "all"), the fraction of images classified as their caption says."""
     stated = [world.parse_caption(c) for c in captions]
-    if any(s is None for s in stated):
-        raise ValueError("every caption must be a toy world caption")
+    if any(s is None or len(s) < len(world.ATTRIBUTES) for s in stated):
+        raise ValueError("every caption must be a toy world caption stating every attribute")
     logits = classifier(images.float())
     hits = torch.stack(
         [
@@ -108,4 +108,40 @@ def generation_quality(
         from torchvision.utils import save_image
 
         save_image(interpolate(grid_images[:64], scale_factor=4), str(grid), nrow=8, padding=2)
+    report["unsaid_guidance"] = float(shown)
+    report["unsaid"] = {
+        attribute: unsaid_attribute_report(
+            classifier,
+            generate(folder, classifier_folder, unsaid, shown, num_steps),
+            unsaid,
+            attribute,
+        )
+        for attribute in world.OPTIONAL_ATTRIBUTES
+        for unsaid in [[world.leave_unsaid(c, [attribute]) for c in captions[: num_images // 2]]]
+    }
     return report
+
+
+@torch.no_grad()
+def unsaid_attribute_report(
+    classifier: ToyClassifier, images: torch.Tensor, captions: Sequence[str], attribute: str
+) -> dict:
+    """For images whose captions leave `attribute` unsaid: how often the classifier reads each
+    of its values (a model that learnt the world draws them all), and the agreement of the
+    attributes the captions do state."""
+    logits = classifier(images.float())
+    read = logits[attribute].argmax(dim=1)
+    values = classifier.attributes[attribute]
+    stated = [world.parse_caption(c) for c in captions]
+    others = [name for name in classifier.attributes if name != attribute]
+    hits = torch.stack(
+        [
+            logits[name].argmax(dim=1)
+            == torch.tensor([classifier.attributes[name].index(s[name]) for s in stated])
+            for name in others
+        ]
+    )
+    return {
+        "drawn": {value: (read == i).float().mean().item() for i, value in enumerate(values)},
+        "stated_agreement": hits.all(dim=0).float().mean().item(),
+    }

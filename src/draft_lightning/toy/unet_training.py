@@ -1,9 +1,12 @@
 """Training the toy UNet with Lightning: SD 1.x's epsilon-prediction loss on VAE latents.
 
-The text encoder is frozen, and the world has only 216 captions, so their embeddings (and
-the empty prompt's) are computed once into a table. Captions are dropped to the empty
-prompt with probability `caption_dropout`, which is what makes classifier-free guidance
-work at sampling time. The loss is weighted by min(SNR, gamma) / SNR (Hang et al., 2023),
+The text encoder is frozen, and the world has only 720 captions (216 stating every attribute,
+the rest leaving some unsaid), so their embeddings (and the empty prompt's) are computed once
+into a table. Each optional attribute is left out of a caption with probability
+`attribute_dropout`, so that the model learns to draw what a caption does not pin down (as
+real prompts rarely state everything); the whole caption is dropped to the empty prompt with
+probability `caption_dropout`, which is what makes classifier-free guidance work at sampling
+time. The loss is weighted by min(SNR, gamma) / SNR (Hang et al., 2023),
 which spends less of a short budget on nearly noise-free timesteps.
 """
 
@@ -17,6 +20,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 
 from draft_lightning.testing.tiny_sd import SD_SCHEDULER_CONFIG
+from draft_lightning.toy import world
 
 
 @torch.no_grad()
@@ -41,6 +45,8 @@ class UNetTraining(LightningModule):
         captions: every caption the data can hold, in the order of `embeddings`.
         embeddings: `caption_table` of those captions (last row: empty prompt).
         caption_dropout: probability of training on the empty prompt instead.
+        attribute_dropout: probability of leaving each of world.OPTIONAL_ATTRIBUTES out of a
+            caption (`embeddings` must then hold `world.all_captions(include_partial=True)`).
         min_snr_gamma: gamma of the min-SNR loss weight; None weighs all timesteps equally.
     """
 
@@ -54,6 +60,7 @@ class UNetTraining(LightningModule):
         warmup_steps: int = 100,
         max_steps: int = 1000,
         caption_dropout: float = 0.1,
+        attribute_dropout: float = 0.0,
         min_snr_gamma: float | None = 5.0,
         seed: int = 0,
     ) -> None:
@@ -69,11 +76,25 @@ class UNetTraining(LightningModule):
         self.warmup_steps = warmup_steps
         self.max_steps = max_steps
         self.caption_dropout = caption_dropout
+        self.attribute_dropout = attribute_dropout
         self.min_snr_gamma = min_snr_gamma
         self.generator = torch.Generator().manual_seed(seed)
 
     def context(self, captions: Sequence[str]) -> torch.Tensor:
-        """Caption embeddings, each replaced by the empty prompt's with caption_dropout."""
+        """Caption embeddings, each with attributes left unsaid (attribute_dropout), and
+        replaced by the empty prompt's with caption_dropout."""
+        if self.attribute_dropout > 0:
+            unsaid = (
+                torch.rand(len(captions), len(world.OPTIONAL_ATTRIBUTES), generator=self.generator)
+                < self.attribute_dropout
+            )
+            captions = [
+                world.leave_unsaid(
+                    caption,
+                    [a for a, out in zip(world.OPTIONAL_ATTRIBUTES, row, strict=True) if out],
+                )
+                for caption, row in zip(captions, unsaid.tolist(), strict=True)
+            ]
         rows = torch.tensor([self.caption_index[c] for c in captions])
         dropped = torch.rand(len(rows), generator=self.generator) < self.caption_dropout
         rows = torch.where(dropped, len(self.embeddings) - 1, rows)

@@ -47,6 +47,9 @@ POSITION_PHRASES = {
     "middle": "in the middle of",
     "right": "on the right of",
 }
+# A caption may leave any attribute but the shape unsaid ("a large square on a white
+# background"): the model then draws it freely, which is what a reward can act on.
+OPTIONAL_ATTRIBUTES = ("colour", "size", "position", "background")
 
 MAX_OFFSET = 1.0  # pixels, each axis
 MAX_SCALE = 0.1  # relative size jitter
@@ -80,8 +83,7 @@ class Scene:
     @property
     def caption(self) -> str:
         """e.g. "a small red circle on the left of a white background"."""
-        where = POSITION_PHRASES[self.position]
-        return f"a {self.size} {self.colour} {self.shape} {where} a {self.background} background"
+        return describe(**dict(zip(ATTRIBUTES, self.attributes, strict=True)))
 
     def labels(self) -> list[int]:
         """Index of each attribute's value in ATTRIBUTES order."""
@@ -166,17 +168,73 @@ def render(batch: Sequence[Scene], size: int = IMAGE_SIZE) -> torch.Tensor:
     return coverage * fg + (1.0 - coverage) * bg
 
 
+def describe(
+    shape: str,
+    colour: str | None = None,
+    size: str | None = None,
+    position: str | None = None,
+    background: str | None = None,
+) -> str:
+    """The caption stating the given attributes; None leaves one unsaid.
+
+    e.g. describe("square", size="large", background="white") is
+    "a large square on a white background"."""
+    words = ["a", *(value for value in (size, colour) if value is not None), shape]
+    if position is not None:
+        where = POSITION_PHRASES[position]
+        words.append(where if background is not None else where.removesuffix(" of"))
+    elif background is not None:
+        words.append("on")
+    if background is not None:
+        words.append(f"a {background} background")
+    return " ".join(words)
+
+
 @cache
-def _captions() -> dict[str, tuple[str, ...]]:
-    return {Scene(*values).caption: values for values in product(*ATTRIBUTES.values())}
+def _captions() -> dict[str, dict[str, str]]:
+    """Every caption the world can produce -> the attributes it states. The 216 full captions
+    come first, in ATTRIBUTES' product order, then those that leave attributes unsaid."""
+    full = {
+        describe(**stated): stated
+        for stated in (dict(zip(ATTRIBUTES, v, strict=True)) for v in product(*ATTRIBUTES.values()))
+    }
+    choices = [
+        ATTRIBUTES[name] + ((None,) if name in OPTIONAL_ATTRIBUTES else ()) for name in ATTRIBUTES
+    ]
+    partial = {}
+    for values in product(*choices):
+        stated = {k: v for k, v in zip(ATTRIBUTES, values, strict=True) if v is not None}
+        if len(stated) < len(ATTRIBUTES):
+            partial[describe(**stated)] = stated
+    return full | partial
 
 
-def all_captions() -> list[str]:
-    """Every caption the world can produce (216), in a fixed order."""
-    return list(_captions())
+def all_captions(include_partial: bool = False) -> list[str]:
+    """Every caption stating all five attributes (216), in a fixed order; with
+    `include_partial`, then every caption that leaves some of OPTIONAL_ATTRIBUTES unsaid (720
+    in all)."""
+    captions = list(_captions())
+    return captions if include_partial else captions[: _count_full()]
+
+
+@cache
+def _count_full() -> int:
+    return sum(len(stated) == len(ATTRIBUTES) for stated in _captions().values())
 
 
 def parse_caption(caption: str) -> dict[str, str] | None:
-    """The attributes a world caption states, or None for any other text."""
-    values = _captions().get(caption)
-    return None if values is None else dict(zip(ATTRIBUTES, values, strict=True))
+    """The attributes a world caption states (only those it states), or None for any other
+    text."""
+    stated = _captions().get(caption)
+    return None if stated is None else dict(stated)
+
+
+def leave_unsaid(caption: str, attributes: Iterable[str]) -> str:
+    """The caption without the given attributes (those of OPTIONAL_ATTRIBUTES)."""
+    stated = parse_caption(caption)
+    if stated is None:
+        raise ValueError(f"not a toy world caption: {caption!r}")
+    dropped = set(attributes)
+    if not dropped <= set(OPTIONAL_ATTRIBUTES):
+        raise ValueError(f"only {OPTIONAL_ATTRIBUTES} can be left unsaid, got {sorted(dropped)}")
+    return describe(**{k: v for k, v in stated.items() if k not in dropped})
