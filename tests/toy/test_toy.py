@@ -363,6 +363,48 @@ def test_pretraining_writes_an_sd_folder_and_a_quality_report(pretrained):
     )
 
 
+def test_reuse_takes_the_readers_and_vae_of_an_earlier_make_toy_and_trains_the_unet(
+    pretrained, tmp_path
+):
+    from safetensors.torch import load_file
+
+    root, _ = pretrained
+    unet_only = replace(TINY, unet_steps=2, attribute_dropout=0.5)
+    new = tmp_path / "cache"
+    report = pretrain(
+        new / "toy-sd", new / "toy-classifier", unet_only, new / "toy-judge", reuse=root
+    )
+    assert report["reused"]["from"] == str(root)
+    assert report["reused"]["stages"] == ["classifier", "judge", "vae"]
+    for folder, weights in [
+        ("toy-classifier", "model.safetensors"),
+        ("toy-judge", "model.safetensors"),
+        ("toy-sd/vae", "diffusion_pytorch_model.safetensors"),
+    ]:
+        before, after = load_file(root / folder / weights), load_file(new / folder / weights)
+        assert before.keys() == after.keys()
+        assert all(torch.equal(before[k], after[k]) for k in before), folder
+    unet = "toy-sd/unet/diffusion_pytorch_model.safetensors"
+    before, after = load_file(root / unet), load_file(new / unet)
+    assert not all(torch.equal(before[k], after[k]) for k in before)  # trained again
+    assert (
+        json.loads((new / "toy-sd" / "quality.json").read_text())["settings"]["attribute_dropout"]
+        == 0.5
+    )
+    # A stage trained with other settings is not reused; nothing is written.
+    with pytest.raises(ConfigError, match=r"settings.vae_steps was 3 there and is 4 here"):
+        pretrain(
+            tmp_path / "x" / "toy-sd",
+            tmp_path / "x" / "c",
+            replace(TINY, vae_steps=4),
+            tmp_path / "x" / "j",
+            reuse=root,
+        )
+    with pytest.raises(ConfigError, match="not an earlier `make toy` output"):
+        pretrain(tmp_path / "y" / "toy-sd", settings=TINY, reuse=tmp_path / "nothing")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
 def test_pretrained_folder_loads_and_fine_tunes_with_the_toy_reward(pretrained):
     from draft_lightning.estimators import DraftK
     from draft_lightning.module import DraftModule

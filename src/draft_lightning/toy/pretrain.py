@@ -27,12 +27,20 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 
+from draft_lightning.errors import ConfigError
 from draft_lightning.toy import world
 from draft_lightning.toy.architecture import ToyArchitecture, build_unet, build_vae
-from draft_lightning.toy.classifier import ToyClassifier, accuracy, save_classifier
+from draft_lightning.toy.classifier import (
+    ToyClassifier,
+    accuracy,
+    load_classifier,
+    save_classifier,
+)
 from draft_lightning.toy.data import HELD_OUT_SEED, batch, loader
 from draft_lightning.toy.judge import ToyJudge, save_judge
 from draft_lightning.toy.paths import (
+    CLASSIFIER_FOLDER,
+    JUDGE_FOLDER,
     atomic_folder,
     default_classifier_path,
     default_judge_path,
@@ -262,9 +270,11 @@ def pretrain(
     classifier_output: str | Path | None = None,
     settings: PretrainSettings | None = None,
     judge_output: str | Path | None = None,
+    reuse: str | Path | None = None,
 ) -> dict:
     """Train and save the classifier, the judge and the model; return (and save as
-    quality.json in the model folder) the measured figures."""
+    quality.json in the model folder) the measured figures. With `reuse` (an earlier `make
+    toy`'s cache folder), the classifier, judge and VAE are taken from there (toy/reuse.py)."""
     from draft_lightning.toy.quality import generation_quality
 
     settings = settings or PretrainSettings()
@@ -272,23 +282,45 @@ def pretrain(
     classifier_output = (
         Path(classifier_output).expanduser() if classifier_output else default_classifier_path()
     )
+    judge_output = Path(judge_output).expanduser() if judge_output else default_judge_path()
     timings: dict[str, float] = {}
+    reused: dict | None = None
     clock = time.perf_counter()
 
-    classifier, classifier_accuracy = train_classifier(settings)
-    with atomic_folder(classifier_output) as tmp:
-        save_classifier(classifier, tmp, {"held_out_accuracy": classifier_accuracy})
-    timings["classifier_s"] = time.perf_counter() - clock
-    print(f"classifier held-out accuracy: {_fmt(classifier_accuracy)}", flush=True)
+    if reuse is not None:
+        from draft_lightning.toy import reuse as reusing
 
-    clock = time.perf_counter()
-    judge_accuracy = make_judge(settings, judge_output)
-    timings["judge_s"] = time.perf_counter() - clock
+        reuse = Path(reuse).expanduser()
+        earlier = reusing.earlier_report(reuse)
+        reusing.check_reusable(earlier, settings)  # before anything is trained or written
+        reusing.copy_stage_folder(reuse / CLASSIFIER_FOLDER, classifier_output)
+        reusing.copy_stage_folder(reuse / JUDGE_FOLDER, judge_output)
+        classifier = load_classifier(classifier_output)
+        classifier_accuracy = earlier["classifier_held_out_accuracy"]
+        judge_accuracy = earlier["judge_held_out_accuracy"]
+        vae, vae_report = reusing.reused_vae(reuse), earlier["vae"]
+        reused = {
+            "from": str(reuse),
+            "commit": earlier.get("commit"),
+            "stages": list(reusing.STAGE_SETTINGS),
+        }
+        timings["reuse_s"] = time.perf_counter() - clock
+        print(f"reused the classifier, judge and VAE of {reuse} ({reused['commit']})", flush=True)
+    else:
+        classifier, classifier_accuracy = train_classifier(settings)
+        with atomic_folder(classifier_output) as tmp:
+            save_classifier(classifier, tmp, {"held_out_accuracy": classifier_accuracy})
+        timings["classifier_s"] = time.perf_counter() - clock
+        print(f"classifier held-out accuracy: {_fmt(classifier_accuracy)}", flush=True)
 
-    clock = time.perf_counter()
-    vae, vae_report = train_vae(settings, classifier)
-    timings["vae_s"] = time.perf_counter() - clock
-    print(f"vae: {json.dumps(vae_report)}", flush=True)
+        clock = time.perf_counter()
+        judge_accuracy = make_judge(settings, judge_output)
+        timings["judge_s"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        vae, vae_report = train_vae(settings, classifier)
+        timings["vae_s"] = time.perf_counter() - clock
+        print(f"vae: {json.dumps(vae_report)}", flush=True)
 
     clock = time.perf_counter()
     tokenizer, text_encoder, tiny_folder = load_text_parts()
@@ -315,6 +347,7 @@ def pretrain(
             "classifier_held_out_accuracy": classifier_accuracy,
             "judge_held_out_accuracy": judge_accuracy,
             "vae": vae_report,
+            "reused": reused,
             "generation": quality,
             "timings": timings,
             "settings": asdict(settings),
@@ -365,6 +398,7 @@ def main(
     classifier_output: str | None = None,
     judge_output: str | None = None,
     settings: PretrainSettings = PretrainSettings(),  # noqa: B008 - frozen dataclass
+    reuse: str | None = None,
 ) -> None:
     """Pretrain the toy classifier, judge and text-to-image model and print their figures.
 
@@ -373,9 +407,15 @@ def main(
         classifier_output: classifier folder (default $DRAFT_LIGHTNING_CACHE/toy-classifier).
         judge_output: judge folder (default $DRAFT_LIGHTNING_CACHE/toy-judge).
         settings: what to train and measure.
+        reuse: an earlier `make toy`'s cache folder (e.g. ~/.cache/draft_lightning) whose
+            classifier, judge and VAE were trained with these settings: copy them from
+            there and train only the UNet (refused, naming the setting, if they differ).
     """
     _quiet()
-    report = pretrain(output, classifier_output, settings, judge_output)
+    try:
+        report = pretrain(output, classifier_output, settings, judge_output, reuse)
+    except ConfigError as error:
+        raise SystemExit(f"error: {error}") from None
     folder = Path(output).expanduser() if output else default_model_path()
     print(f"model: {folder}")
     print(f"classifier held-out accuracy: {_fmt(report['classifier_held_out_accuracy'])}")
