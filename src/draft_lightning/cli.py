@@ -356,27 +356,28 @@ def main(args: list[str] | None = None) -> None:
     from draft_lightning.training.nonfinite_guard import NonFiniteError
     from draft_lightning.training.quiet import quiet_lightning_noise
     from draft_lightning.training.run_config import SaveRunConfig
-    from draft_lightning.training.stop_signals import RunInterrupted
+    from draft_lightning.training.stop_signals import CommandSignals, RunInterrupted
     from draft_lightning.unknown_class import unknown_class_message
 
     quiet_lightning_noise()  # what a user cannot act on (training/quiet.py says which)
 
     argv = sys.argv[1:] if args is None else list(args)
     try:
-        if argv[:1] == ["plan"]:  # not a Lightning subcommand: one step planned, nothing run
-            from draft_lightning.planning.command import main as plan
+        with CommandSignals():  # a signal outside fit's steps: one line too (stop_signals.py)
+            if argv[:1] == ["plan"]:  # not a Lightning subcommand: one step planned, nothing run
+                from draft_lightning.planning.command import main as plan
 
-            plan(argv[1:], _cli_class())
-            return
-        _cli_class()(
-            RewardFineTuningModule,
-            PromptDataModule,
-            # DraftModule (the default, see add_arguments_to_parser) or DDPOModule.
-            subclass_mode_model=True,
-            save_config_callback=SaveRunConfig,  # when the work starts, beside an earlier one
-            save_config_kwargs={"overwrite": True},
-            args=args,
-        )
+                plan(argv[1:], _cli_class())
+                return
+            _cli_class()(
+                RewardFineTuningModule,
+                PromptDataModule,
+                # DraftModule (the default, see add_arguments_to_parser) or DDPOModule.
+                subclass_mode_model=True,
+                save_config_callback=SaveRunConfig,  # when the work starts, beside an earlier one
+                save_config_kwargs={"overwrite": True},
+                args=args,
+            )
     except (ConfigError, ModelUnavailableError, ArgumentError, NonFiniteError) as error:
         message = " ".join(str(error).split())
         if isinstance(error, ArgumentError):
@@ -406,12 +407,32 @@ def interrupted_line(stop, argv: list[str]) -> str:
         skip = arg == "--ckpt_path"
         if not skip:
             command.append(arg)
-    if stop.checkpoint is None:
+    resume = shlex.join([*command, "--ckpt_path", "last"])
+    if stop.when == "start":
+        subcommand = argv[1] if len(argv) > 1 else ""
+        if subcommand != "fit":  # validate, test, predict, plan: nothing to resume
+            return f"stopped by {name} before {shlex.join(command[:2])} finished; run it again"
+        return (
+            f"stopped by {name} before training started: nothing to resume; run the command again"
+        )
+    if stop.when == "second":
         return (
             f"stopped by a second {name} before the step ended: no new checkpoint (the last "
-            f"one saved is intact); resume with: {shlex.join([*command, '--ckpt_path', 'last'])}"
+            f"one saved is intact); resume with: {resume}"
+        )
+    if stop.when == "resumed":
+        return (
+            f"stopped by {name} before the first step after resuming at step {stop.step}: the "
+            f"checkpoint it resumed from is intact; resume with: "
+            f"{shlex.join([command[0], *argv[1:]])}"
         )
     target = "last" if stop.found_by_last else str(stop.checkpoint)
+    if stop.when == "end":
+        written = f"checkpoint {stop.checkpoint}" if stop.checkpoint else "no checkpoint kept"
+        return (
+            f"stopped by {name} after the last step ({stop.step}), once the run was complete: "
+            f"{written}; nothing left to resume"
+        )
     return (
         f"stopped by {name} at step {stop.step}: checkpoint {stop.checkpoint}; resume with: "
         f"{shlex.join([*command, '--ckpt_path', target])}"
