@@ -58,6 +58,7 @@ def _cli_class():
                 resume_last(config, log_on=subcommand in (None, "fit"))
             if config is not None:
                 check_optimizer(config)
+                check_lora_formats(config)
             if config is not None and config.get("ckpt_path"):
                 check_checkpoint(str(config["ckpt_path"]), config)
             self._held_seed_records = _HoldRecords()
@@ -294,6 +295,42 @@ def check_optimizer(config) -> None:
                 ) from None
     except Exception:  # noqa: BLE001 - an optimiser that needs real weights: the run will tell
         pass
+
+
+def check_lora_formats(config) -> None:
+    """Refuse `lora_export.formats: [kohya]` for a family without a kohya layout here, before
+    the logger makes the run's folder, wherever the family is known without loading or
+    downloading anything: a registered name, a local folder, a hub id already in the cache.
+    (Otherwise LoraExport.setup refuses it once the model is built.)"""
+    from draft_lightning.training.lora_export import check_formats
+
+    formats = (config.get("lora_export") or {}).get("formats") or []
+    name = _model_args(config).get("pretrained_model")
+    if "kohya" in formats and isinstance(name, str):
+        family = family_if_known(name)
+        if family is not None:
+            check_formats(formats, family)
+
+
+def family_if_known(name: str):
+    """The model family of `pretrained_model` if it can be read without a download, else None."""
+    from pathlib import Path
+
+    from draft_lightning import registry
+    from draft_lightning.models.families import family_of
+
+    if registry.is_named("models", name):
+        return family_of(registry.resolve("models", name, "model.pretrained_model"))
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return family_of(folder)
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        from huggingface_hub import try_to_load_from_cache
+
+        index = try_to_load_from_cache(name, "model_index.json")
+        if isinstance(index, str):
+            return family_of(Path(index).parent)
+    return None
 
 
 def _model_args(config) -> dict:

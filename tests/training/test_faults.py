@@ -1,9 +1,9 @@
-"""Faults a run meets, injected on the tiny model: SIGTERM and SIGINT mid-step and
-mid-validation, and what the resumed run does about them.
+"""Faults a run meets, injected on the tiny model: SIGTERM and SIGINT before the first step,
+mid-step, mid-validation and after the last step, and what the resumed run does about them.
 
-One uninterrupted run and one run stopped twice (SIGTERM mid-step, then SIGINT
-mid-validation) and resumed twice are shared by the assertions below: subprocess runs are
-the slow part."""
+One uninterrupted run and one run stopped four times (SIGTERM as the trainer has set up,
+SIGTERM mid-step, SIGINT mid-validation, SIGTERM as the run summary prints) and resumed
+three times are shared by the assertions below: subprocess runs are the slow part."""
 
 from __future__ import annotations
 
@@ -75,23 +75,34 @@ def lora(run: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_sd):
-    """The uninterrupted run, and the same run stopped by SIGTERM as step 1 runs, resumed,
-    stopped by SIGINT as step 2's validation runs, and resumed to the end."""
+    """The uninterrupted run, and the same run stopped by SIGTERM once the trainer has set up
+    (before the base model's validation), resumed, stopped by SIGTERM as step 1 runs,
+    resumed, stopped by SIGINT as step 2's validation runs, and resumed to the end, where a
+    SIGTERM arrives after the last step's checks (as the run summary prints)."""
     straight, stopped = tmp_path_factory.mktemp("straight"), tmp_path_factory.mktemp("stopped")
     done = fit(straight)
     assert done.returncode == 0, done.stderr[-3000:]
-    term = fit(stopped, *signal_at(1, "step", "SIGTERM"))
+    setup = fit(stopped, *signal_at(0, "fit_start", "SIGTERM"))
+    after_setup = {
+        "files": sorted(str(p.relative_to(version(stopped))) for p in version(stopped).rglob("*")),
+        "checkpoint": torch.load(
+            version(stopped) / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu"
+        ),
+    }
+    term = fit(stopped, "--ckpt_path", "last", *signal_at(1, "step", "SIGTERM"))
     after_term = torch.load(
         version(stopped) / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu"
     )
     resumed = fit(stopped, "--ckpt_path", "last", *signal_at(2, "validation", "SIGINT"))
     stale = version(stopped) / "checkpoints" / ".last.ckpt.tmp-k1ll3d"  # a kill mid-save's
     stale.write_bytes(b"half a checkpoint")
-    finished = fit(stopped, "--ckpt_path", "last")
+    finished = fit(stopped, "--ckpt_path", "last", *signal_at(STEPS, "fit_end", "SIGTERM"))
     return {
         "straight": straight,
         "stopped": stopped,
         "done": done,
+        "setup": setup,
+        "after_setup": after_setup,
         "term": term,
         "after_term": after_term,
         "int": resumed,
@@ -102,6 +113,22 @@ def runs(tmp_path_factory, tiny_sd):
 
 def last_line(done: subprocess.CompletedProcess) -> str:
     return done.stderr.strip().splitlines()[-1]
+
+
+def test_sigterm_before_the_first_step_checkpoints_step_0_and_exits_143(runs):
+    setup = runs["setup"]
+    assert setup.returncode == 143, setup.stderr[-3000:]
+    assert last_line(setup).startswith(
+        "stopped by SIGTERM at step 0: checkpoint runs/draft_lv/version_0/checkpoints/last.ckpt;"
+    )
+    assert "Traceback" not in setup.stderr and "KeyboardInterrupt" not in setup.stderr
+    checkpoint = runs["after_setup"]["checkpoint"]
+    assert checkpoint["global_step"] == 0
+    (pending,) = [v for k, v in checkpoint["callbacks"].items() if "PendingValidation" in k]
+    assert pending == {"validation_owed_at_step": 0}  # the base model's, done on resume
+    # Nothing half-made: no events file or config of a run that never started.
+    files = runs["after_setup"]["files"]
+    assert not [f for f in files if f.startswith(("events.", "config"))], files
 
 
 def test_sigterm_mid_step_finishes_the_step_checkpoints_and_exits_143(runs):
@@ -122,14 +149,31 @@ def test_sigint_mid_validation_abandons_it_checkpoints_and_exits_130(runs):
     assert "Traceback" not in stopped.stderr + stopped.stdout
 
 
+def test_sigterm_after_the_last_step_completes_the_run_and_exits_143(runs):
+    finished = runs["finished"]
+    assert finished.returncode == 143, finished.stderr[-3000:]
+    assert "Traceback" not in finished.stderr
+    assert last_line(finished) == (
+        f"stopped by SIGTERM after the last step ({STEPS}), once the run was complete: "
+        "checkpoint runs/draft_lv/version_0/checkpoints/last.ckpt; nothing left to resume"
+    )
+    from draft_lightning.training.lora_export import fingerprint
+
+    checkpoints = version(runs["stopped"]) / "checkpoints"
+    state = torch.load(checkpoints / "last.ckpt", weights_only=True, map_location="cpu")
+    assert state["global_step"] == STEPS  # what --ckpt_path last finds: the finished run
+    assert fingerprint(lora(runs["stopped"])) == fingerprint(state["state_dict"])
+    assert not list(checkpoints.glob("last-v*.ckpt"))  # one last.ckpt, overwritten
+
+
 def test_resumed_run_equals_the_uninterrupted_one_and_redoes_the_abandoned_validation(runs):
     finished = runs["finished"]
-    assert finished.returncode == 0, finished.stderr[-3000:]
     assert "step 2's validation did not finish; validating it first" in finished.stderr
     # Each command's configuration kept: the first run's, then each resume's beside it.
     configs = sorted(p.name for p in version(runs["stopped"]).glob("config*.yaml"))
     assert configs == ["config-resumed-step=2-2.yaml", "config-resumed-step=2.yaml", "config.yaml"]
-    assert "SIGTERM" in (version(runs["stopped"]) / "config.yaml").read_text()
+    first = (version(runs["stopped"]) / "config.yaml").read_text()  # the first that trained
+    assert "where: step" in first and "signal_name: SIGTERM" in first
     assert not runs["stale"].exists()  # deleted as the resumed run started
     straight, stopped = runs["straight"], runs["stopped"]
     assert rewards(stopped) == rewards(straight)  # same prompts and rewards, step by step
