@@ -390,6 +390,7 @@ def main(args: list[str] | None = None) -> None:
     import draft_lightning.rewards  # noqa: F401
     from draft_lightning.base_module import RewardFineTuningModule
     from draft_lightning.data import PromptDataModule
+    from draft_lightning.not_a_number import not_a_number_message
     from draft_lightning.training.nonfinite_guard import NonFiniteError
     from draft_lightning.training.quiet import quiet_lightning_noise
     from draft_lightning.training.run_config import SaveRunConfig
@@ -418,7 +419,8 @@ def main(args: list[str] | None = None) -> None:
     except (ConfigError, ModelUnavailableError, ArgumentError, NonFiniteError) as error:
         message = " ".join(str(error).split())
         if isinstance(error, ArgumentError):
-            message = unknown_class_message(message) or message
+            number = not_a_number_message(str(error))  # the layout of the message matters
+            message = number or unknown_class_message(message) or message
         print(f"error: {message}", file=sys.stderr)  # one line
         raise SystemExit(2) from None
     except RunInterrupted as stop:

@@ -328,6 +328,21 @@ model:
          "JPEGCompressibility quality=101: must be an integer in 1..100"),
         (["--model.reward", "draft_lightning.rewards.Brightnes"],
          "model.reward=draft_lightning.rewards.Brightnes: no such class; known reward classes: "),
+        # On the command line jsonargparse refuses these itself, in hundreds of characters
+        # (and `lr nan` once made the unknown-class shortener fail with a traceback).
+        (["--model.reward", "draft_lightning.rewards.WeightedSum",
+          "--model.reward.init_args.rewards", "[{class_path: draft_lightning.rewards.Brightness}]",
+          "--model.reward.init_args.weights", "[.nan]"],
+         "model.reward.init_args.weights=[nan]: must be finite numbers (not NaN or infinity)"),
+        (["--model.optimizer.init_args.lr", "nan"],
+         "model.optimizer.init_args.lr=nan: must be a finite number (not NaN or infinity)"),
+        (["--model.optimizer.init_args.lr", "abc"],
+         "model.optimizer.init_args.lr=abc: must be a finite number"),
+        (["--trainer.max_steps", "2.5"], "trainer.max_steps=2.5: must be an integer"),
+        # Refused as the config is parsed, not in setup once the version folder exists.
+        (["--model.pretrained_model", "tiny:flux", "--lora_export.formats", "[kohya]"],
+         "lora_export.formats=['kohya'] has kohya, which is for SD 1.x/2.x and SDXL; this "
+         "model is FLUX.1: use [diffusers]"),
     ],
 )  # fmt: skip
 def test_bad_values_are_refused_in_one_line_before_anything_is_written(
