@@ -55,8 +55,9 @@ class SignalAt(Callback):
     ("step": the signal arrives mid-step), as the validation after that step begins its
     first batch ("validation"), as the base model's validation before training does
     ("sanity", step 0), as the trainer sets up ("setup", step 0: the version folder exists)
-    or has set up ("fit_start": the model placed, the checkpoint restored), or as training ends ("train_end": before the final checkpoint and
-    LoRA export) or the run summary is printed ("fit_end"), after the last step's checks.
+    or has set up ("fit_start": the model placed, the checkpoint restored), or as training
+    ends ("train_end": before the final checkpoint and LoRA export) or the run summary is
+    printed ("fit_end"), after the last step's checks.
 
     Args:
         step: the global step (optimiser steps taken) at which to send it.
@@ -127,3 +128,16 @@ class NaNScores(Brightness):
             nan[::2] = float("nan")
             scores = scores + nan
         return scores
+
+
+class SignalWhenBuilt(Brightness):
+    """Brightness that sends this process a signal as it is constructed: the signal arrives
+    while the command builds its classes (the model loads next), before any Trainer exists.
+
+    Args:
+        signal_name: e.g. "SIGTERM" or "SIGINT".
+    """
+
+    def __init__(self, signal_name: str = "SIGINT") -> None:
+        super().__init__(name="brightness")
+        os.kill(os.getpid(), getattr(signal, signal_name))

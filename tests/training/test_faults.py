@@ -360,6 +360,46 @@ def test_bad_values_are_refused_in_one_line_before_anything_is_written(
     assert [p.name for p in tmp_path.iterdir()] == ["weighted_nan.yaml"]  # no log folder
 
 
+@pytest.mark.parametrize(("name", "status"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_while_the_command_builds_its_classes_stops_it_in_one_line(
+    tmp_path, monkeypatch, capsys, name, status
+):
+    import signal
+
+    from draft_lightning.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", str(ROOT / "configs/draft_lv.yaml"),
+              "--config", str(ROOT / "configs/cpu_tiny.yaml"),
+              "--model.reward", "plugins.faults.SignalWhenBuilt",
+              "--model.reward.signal_name", name])  # fmt: skip
+    assert stop.value.code == status
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"stopped by {name} before training started: nothing to resume; run the command again"
+    ]
+    assert list(tmp_path.iterdir()) == []  # no version folder
+    assert {s: signal.getsignal(s) for s in before} == before  # handed back
+
+
+def test_a_signal_after_a_finished_fit_hands_back_says_the_run_is_complete():
+    import signal
+
+    from draft_lightning.cli import interrupted_line
+    from draft_lightning.training.stop_signals import CommandSignals, RunInterrupted
+
+    with pytest.raises(RunInterrupted) as stop, CommandSignals() as command:
+        # What StopOnSignal.teardown leaves once fit has ended (a later signal: this one).
+        command.finished = RunInterrupted(signal.SIGTERM, 4, Path("c/last.ckpt"), when="end")
+        os.kill(os.getpid(), signal.SIGINT)
+    assert stop.value.exit_status == 130
+    assert interrupted_line(stop.value, ["lightning", "fit"]) == (
+        "stopped by SIGINT after the last step (4), once the run was complete: checkpoint "
+        "c/last.ckpt; nothing left to resume"
+    )
+
+
 def test_checkpoints_and_exports_get_the_mode_the_umask_allows(tmp_path):
     from draft_lightning.models.lora import write_folder_atomically
     from draft_lightning.training.checkpoint_io import AtomicCheckpointIO

@@ -235,9 +235,9 @@ class CommandSignals:
         raise RunInterrupted(signum, None, None, when="start")
 
     def __enter__(self) -> CommandSignals:
-        from lightning.fabric.plugins.environments import SLURMEnvironment
+        from lightning.fabric.plugins.environments.slurm import _is_srun_used
 
-        if SLURMEnvironment.detect():
+        if _is_srun_used():  # (SLURMEnvironment.detect() also warns where srun merely exists)
             return self  # SlurmRequeue and Lightning's own handling (slurm.py)
         for signum in STOP_SIGNALS:
             self.previous[signum] = signal.signal(signum, self._handler)
