@@ -60,7 +60,9 @@ def _cli_class():
                 check_optimizer(config)
                 check_lora_formats(config)
             if config is not None and config.get("ckpt_path"):
-                check_checkpoint(str(config["ckpt_path"]), config)
+                checkpoint = check_checkpoint(str(config["ckpt_path"]), config)
+                if subcommand in (None, "fit") and checkpoint is not None:
+                    check_work_left(str(config["ckpt_path"]), checkpoint, config)
             self._held_seed_records = _HoldRecords()
             logging.getLogger(SEED_LOGGER).addFilter(self._held_seed_records)
 
@@ -217,18 +219,42 @@ def resume_last(config, log_on: bool = True) -> None:
             args["version"] = found[-1].parent.parent.name
 
 
-def check_checkpoint(path: str, config=None) -> None:
+class NothingToDo(Exception):
+    """`fit --ckpt_path` of a run that is complete: said in one line, exit status 0."""
+
+
+def check_work_left(path: str, checkpoint: dict, config) -> None:
+    """A run resumed from a checkpoint at `trainer.max_steps`, with no validation owed, has
+    nothing to do: say so instead of logging an empty process into the finished run (a
+    requeue script that always passes `--ckpt_path last` ends here once the run is done)."""
+    max_steps = (config.get("trainer") or {}).get("max_steps")
+    step = checkpoint.get("global_step")
+    if not isinstance(max_steps, int) or max_steps < 0 or not isinstance(step, int):
+        return
+    owed = [
+        state.get("validation_owed_at_step")
+        for name, state in (checkpoint.get("callbacks") or {}).items()
+        if "PendingValidation" in str(name) and isinstance(state, dict)
+    ]
+    if step >= max_steps and not any(s is not None for s in owed):
+        raise NothingToDo(
+            f"nothing left to do: {path} is at step {step} and trainer.max_steps={max_steps}; "
+            "the run is complete (raise --trainer.max_steps to train further)"
+        )
+
+
+def check_checkpoint(path: str, config=None) -> dict | None:
     """Refuse a missing or unreadable --ckpt_path, or one whose LoRA rank is not the
-    config's, in one line before any model loads (else Lightning fails with a traceback
-    after the weights are in memory, and the full check of every weight's shape,
-    check_trained_weights, runs only then). Lightning's named checkpoints ("last" with none
+    config's, in one line before any model loads, and return what it read (else Lightning
+    fails with a traceback after the weights are in memory, and the full check of every
+    weight's shape, check_trained_weights, runs only then). Lightning's named checkpoints ("last" with none
     found, "best", "hpc") are left to it."""
     from pathlib import Path
 
     import torch
 
     if path in ("last", "best", "hpc", "registry"):
-        return
+        return None
     file = Path(path)
     sharded = file.is_dir() and (file / "meta.pt").is_file()  # the sharded strategy's folder
     if sharded:
@@ -255,6 +281,7 @@ def check_checkpoint(path: str, config=None) -> None:
             f"this config has model.lora.rank={rank}: resume with the lora settings it was "
             "trained with"
         )
+    return checkpoint
 
 
 # What torch's optimisers say about a bad value -> (the key, what is allowed).
@@ -423,6 +450,8 @@ def main(args: list[str] | None = None) -> None:
             message = number or unknown_class_message(message) or message
         print(f"error: {message}", file=sys.stderr)  # one line
         raise SystemExit(2) from None
+    except NothingToDo as done:
+        print(str(done), file=sys.stderr)
     except RunInterrupted as stop:
         argv = sys.argv if args is None else ["lightning", *args]
         print(interrupted_line(stop, argv), file=sys.stderr)  # the run's last line

@@ -286,7 +286,9 @@ def refused(done: subprocess.CompletedProcess, expected: str, alone: bool = True
     assert lines[-1].startswith("error: ") and expected in lines[-1]
 
 
-def test_refused_resumes_and_predict_leave_the_training_run_as_it_was(runs, tmp_path):
+def test_refused_resumes_and_predict_leave_the_training_run_as_it_was(
+    runs, tmp_path, monkeypatch, capsys
+):
     shutil.copytree(runs["straight"] / "runs", tmp_path / "runs")
     before = files(tmp_path / "runs")
     # Refused before the model loads: the checkpoint's LoRA rank is read from the file.
@@ -296,6 +298,19 @@ def test_refused_resumes_and_predict_leave_the_training_run_as_it_was(runs, tmp_
     done = fit(tmp_path, "--ckpt_path", "last", "--model.lora.target_modules", "[to_q, to_k]")
     refused(done, "ckpt_path: the checkpoint does not fit this model's adapter", alone=False)
     assert files(tmp_path / "runs") == before  # config.yaml, events, hparams, checkpoints
+    # The run is complete: resuming it says so and writes nothing (no empty events file).
+    from draft_lightning.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(ROOT / "configs/draft_lv.yaml"),
+          "--config", str(ROOT / "configs/cpu_tiny.yaml"),
+          "--trainer.max_steps", str(STEPS), "--ckpt_path", "last"])  # fmt: skip
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "nothing left to do: runs/draft_lv/version_0/checkpoints/last.ckpt is at step "
+        f"{STEPS} and trainer.max_steps={STEPS}; the run is complete (raise "
+        "--trainer.max_steps to train further)"
+    ]
+    assert files(tmp_path / "runs") == before
     predicted = fit(tmp_path, "--ckpt_path", "last", command="predict")
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     after = files(tmp_path / "runs")
