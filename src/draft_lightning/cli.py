@@ -247,8 +247,8 @@ def check_checkpoint(path: str, config=None) -> dict | None:
     """Refuse a missing or unreadable --ckpt_path, or one whose LoRA rank is not the
     config's, in one line before any model loads, and return what it read (else Lightning
     fails with a traceback after the weights are in memory, and the full check of every
-    weight's shape, check_trained_weights, runs only then). Lightning's named checkpoints ("last" with none
-    found, "best", "hpc") are left to it."""
+    weight's shape, check_trained_weights, runs only then). Lightning's named checkpoints
+    ("last" with none found, "best", "hpc") are left to it."""
     from pathlib import Path
 
     import torch
