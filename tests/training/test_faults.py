@@ -294,8 +294,10 @@ def test_refused_resumes_and_predict_leave_the_training_run_as_it_was(
     # Refused before the model loads: the checkpoint's LoRA rank is read from the file.
     done = fit(tmp_path, "--ckpt_path", "last", "--model.lora.rank", "4")
     refused(done, "holds a LoRA adapter of rank 8; this config has model.lora.rank=4")
-    # Refused once the model is built and the logger has opened its events file.
-    done = fit(tmp_path, "--ckpt_path", "last", "--model.lora.target_modules", "[to_q, to_k]")
+    # Refused once the model is built and the logger has opened its events file (a step to
+    # go: a complete run is not resumed at all, see below).
+    done = fit(tmp_path, "--ckpt_path", "last", "--model.lora.target_modules", "[to_q, to_k]",
+               "--trainer.max_steps", str(STEPS + 1))  # fmt: skip
     refused(done, "ckpt_path: the checkpoint does not fit this model's adapter", alone=False)
     assert files(tmp_path / "runs") == before  # config.yaml, events, hparams, checkpoints
     # The run is complete: resuming it says so and writes nothing (no empty events file).
@@ -501,6 +503,24 @@ def test_lora_last_is_never_ahead_of_last_ckpt_and_a_resume_catches_it_up(
 class DieAtFirstBatch(Callback):
     def on_train_batch_start(self, *args) -> None:
         raise RuntimeError("killed")
+
+
+def test_a_write_a_signal_interrupts_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    import signal
+
+    from draft_lightning.training import run_files
+    from draft_lightning.training.stop_signals import RunInterrupted
+
+    (tmp_path / "config.yaml").write_bytes(b"old")
+
+    def signal_arrives(*args):
+        raise RunInterrupted(signal.SIGTERM, None, None, when="start")
+
+    monkeypatch.setattr(run_files.os, "replace", signal_arrives)
+    with pytest.raises(RunInterrupted):
+        run_files.write_atomically(tmp_path / "config.yaml", b"new")
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+    assert (tmp_path / "config.yaml").read_bytes() == b"old"
 
 
 def test_stale_temporaries_of_killed_writes_are_removed(tmp_path):
