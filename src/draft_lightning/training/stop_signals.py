@@ -264,13 +264,13 @@ def save_last_checkpoint(trainer: Trainer, unless_saved: bool = False) -> Path:
     callback = last_checkpoint_callback(trainer)
     path = last_checkpoint_path(trainer)
     if callback is None:
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)
         return path
     saved = callback._last_global_step_saved == trainer.global_step
     if unless_saved and saved and callback.last_model_path:
         return Path(callback.last_model_path)
     callback.last_model_path = str(path)  # before saving: it is part of the saved state
-    trainer.save_checkpoint(path)  # the whole state, even with save_weights_only
+    trainer.save_checkpoint(path, weights_only=False)  # the whole state, always
     callback._last_global_step_saved = trainer.global_step  # its bookkeeping: no second save
     callback._last_checkpoint_saved = str(path)
     return path
