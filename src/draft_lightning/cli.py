@@ -60,6 +60,7 @@ def _cli_class():
             if config is not None:
                 check_optimizer(config)
                 check_lora_formats(config)
+                check_trainer(config)
             if config is not None and config.get("ckpt_path"):
                 checkpoint = check_checkpoint(str(config["ckpt_path"]), config)
                 if subcommand in (None, "fit") and checkpoint is not None:
@@ -83,6 +84,9 @@ def _cli_class():
             except ConfigError:
                 refused = True
                 raise
+            except MisconfigurationException as error:  # a callback's own check, e.g.
+                refused = True  # checkpoint.every_n_train_steps=-1
+                raise ConfigError(str(error)) from error
             except ModelUnavailableError as error:
                 refused = True
                 raise self._with_missing_models(error) from error
@@ -325,6 +329,15 @@ def check_optimizer(config) -> None:
         pass
 
 
+def check_trainer(config) -> None:
+    """Trainer values Lightning takes without a check and fails on later with a traceback
+    (accumulate_grad_batches=0: a division by zero at the first step, the version folder
+    made)."""
+    accumulate = (config.get("trainer") or {}).get("accumulate_grad_batches")
+    if isinstance(accumulate, int) and accumulate < 1:
+        raise ConfigError(f"trainer.accumulate_grad_batches={accumulate}: must be an integer >= 1")
+
+
 def check_lora_formats(config) -> None:
     """Refuse `lora_export.formats: [kohya]` for a family without a kohya layout here, before
     the logger makes the run's folder, wherever the family is known without loading or
@@ -443,6 +456,30 @@ def not_a_number_message(message: str) -> str | None:
     return f"{key}={value}: must be {allowed}{not_finite}"
 
 
+LITERAL = re.compile(r"typing\.Literal\[([^\]]*)\]")
+
+
+def not_allowed_message(message: str) -> str | None:
+    """`<key>=<value>: must be one of <choices>` for jsonargparse's refusal of a value outside
+    a fixed set (`lora_export.formats: [ckpt]`, `trainer.precision: 17`), or None."""
+    if "Expected a typing.Literal[" not in message:
+        return None
+    keys = PARSER_KEY.findall(message)
+    given = GIVEN_VALUE.findall(message)
+    nested = NESTED_ARG.findall(message)
+    if not keys or not (given or nested):
+        return None
+    key, value = (f"{keys[0]}.{nested[-1][0]}", nested[-1][1]) if nested else (keys[0], given[-1])
+    choices = []
+    for options in LITERAL.findall(message):
+        for option in options.split(","):
+            option = option.strip().strip("'\"")
+            if option and option not in choices:
+                choices.append(option)
+    value = value.strip().strip("'\"").replace("'", "")
+    return f"{key}={value}: must be one of {', '.join(choices)}"
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of both console scripts."""
     from jsonargparse import ArgumentError
@@ -483,8 +520,9 @@ def main(args: list[str] | None = None) -> None:
     except (ConfigError, ModelUnavailableError, ArgumentError, NonFiniteError) as error:
         message = " ".join(str(error).split())
         if isinstance(error, ArgumentError):
-            number = not_a_number_message(str(error))  # the layout of the message matters
-            message = number or unknown_class_message(message) or message
+            raw = str(error)  # the layout of the message matters to these
+            short = not_a_number_message(raw) or not_allowed_message(raw)
+            message = short or unknown_class_message(message) or message
         print(f"error: {message}", file=sys.stderr)  # one line
         raise SystemExit(2) from None
     except NothingToDo as done:

@@ -357,6 +357,14 @@ model:
         (["--model.optimizer.init_args.lr", "abc"],
          "model.optimizer.init_args.lr=abc: must be a finite number"),
         (["--trainer.max_steps", "2.5"], "trainer.max_steps=2.5: must be an integer"),
+        (["--lora_export.formats", "[diffusers, ckpt]"],
+         "lora_export.formats=[diffusers, ckpt]: must be one of diffusers, kohya"),
+        # Lightning takes it and divides by it at the first step, its folder made.
+        (["--trainer.accumulate_grad_batches", "0"],
+         "trainer.accumulate_grad_batches=0: must be an integer >= 1"),
+        # Lightning's own check (a MisconfigurationException, once a traceback).
+        (["--checkpoint.every_n_train_steps", "-1"],
+         "error: Invalid value for every_n_train_steps=-1. Must be >= 0"),
         # Refused as the config is parsed, not in setup once the version folder exists.
         (["--model.pretrained_model", "tiny:flux", "--lora_export.formats", "[kohya]"],
          "lora_export.formats=['kohya'] has kohya, which is for SD 1.x/2.x and SDXL; this "
