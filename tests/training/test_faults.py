@@ -509,6 +509,31 @@ def test_lora_last_is_never_ahead_of_last_ckpt_and_a_resume_catches_it_up(
     assert exported("last") == in_checkpoint() == exported("step=2")
 
 
+def test_a_run_ends_with_last_ckpt_at_its_last_step_with_the_validation_done(tiny_sd, tmp_path):
+    """Lightning writes last.ckpt at step 2 before step 2's validation: resumed, that one
+    would validate step 2 again; the run's own last save comes after it."""
+    from conftest import make_module
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from draft_lightning.data import PromptDataModule
+    from draft_lightning.training.pending_validation import PendingValidation
+    from draft_lightning.training.stop_signals import StopOnSignal
+
+    last = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_last=True, save_top_k=0)
+    trainer = Trainer(
+        accelerator="cpu", max_steps=2, val_check_interval=2, check_val_every_n_epoch=None,
+        num_sanity_val_steps=0, logger=False, default_root_dir=tmp_path,
+        enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[StopOnSignal(), PendingValidation(), last],
+    )  # fmt: skip
+    trainer.fit(make_module(), PromptDataModule(batch_size=2, num_val_prompts=2, num_val_seeds=1))
+    state = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 2
+    assert state["callbacks"]["PendingValidation"] == {"validation_owed_at_step": None}
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["last.ckpt"]
+
+
 class DieAtFirstBatch(Callback):
     def on_train_batch_start(self, *args) -> None:
         raise RuntimeError("killed")

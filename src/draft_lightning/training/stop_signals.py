@@ -80,6 +80,7 @@ class StopOnSignal(Callback):
         self.previous_handlers: dict[int, Any] = {}
         self.loops_after_step: dict | None = None
         self.save_state_after_step = False
+        self.final_checkpoint: Path | None = None  # last.ckpt as the run ended
 
     def _handler(self, signum: int, frame: Any) -> None:
         if not self.active:  # left installed by Lightning's teardown after the run: as before
@@ -111,6 +112,7 @@ class StopOnSignal(Callback):
         if not self.enabled or stage != "fit" or isinstance(environment, SLURMEnvironment):
             return
         self.received = None
+        self.final_checkpoint = None
         self.previous_handlers = {}
         self.active = True
         self._install()
@@ -184,11 +186,12 @@ class StopOnSignal(Callback):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.active:
             return
-        # The run ends with last.ckpt at its last step (Lightning's checkpoint callback keeps
-        # the one of the last every_n_train_steps), so lora/last, exported at the end, matches
-        # it and a signal from here to exit leaves a run that `--ckpt_path last` finds done.
+        # The run ends with last.ckpt at its last step, its validation done (Lightning's
+        # checkpoint callback keeps the one of the last every_n_train_steps, written before
+        # that step's validation), so lora/last, exported at the end, matches it, and a
+        # signal from here to exit leaves a run that `--ckpt_path last` finds complete.
         if self.received is not None or last_checkpoint_callback(trainer) is not None:
-            self.final_checkpoint = save_last_checkpoint(trainer, unless_saved=True)
+            self.final_checkpoint = save_last_checkpoint(trainer)
 
     def on_exception(
         self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
@@ -199,7 +202,7 @@ class StopOnSignal(Callback):
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if not self.active:
             return
-        path = getattr(self, "final_checkpoint", None)
+        path = self.final_checkpoint
         done = RunInterrupted(
             signal.SIGTERM, trainer.global_step, path, found_by_last(trainer), when="end"
         )
@@ -256,19 +259,15 @@ def last_checkpoint_callback(trainer: Trainer) -> ModelCheckpoint | None:
     return None
 
 
-def save_last_checkpoint(trainer: Trainer, unless_saved: bool = False) -> Path:
-    """Write `last.ckpt` now (`unless_saved`: unless it holds this step already), through
-    the checkpoint callback that keeps it: the path it records is in the checkpoint, so the
-    resumed run's callback overwrites that file instead of starting a `last-v1.ckpt`, which
-    `--ckpt_path last` would not find."""
+def save_last_checkpoint(trainer: Trainer) -> Path:
+    """Write `last.ckpt` now, through the checkpoint callback that keeps it: the path it
+    records is in the checkpoint, so the resumed run's callback overwrites that file instead
+    of starting a `last-v1.ckpt`, which `--ckpt_path last` would not find."""
     callback = last_checkpoint_callback(trainer)
     path = last_checkpoint_path(trainer)
     if callback is None:
         trainer.save_checkpoint(path, weights_only=False)
         return path
-    saved = callback._last_global_step_saved == trainer.global_step
-    if unless_saved and saved and callback.last_model_path:
-        return Path(callback.last_model_path)
     callback.last_model_path = str(path)  # before saving: it is part of the saved state
     trainer.save_checkpoint(path, weights_only=False)  # the whole state, always
     callback._last_global_step_saved = trainer.global_step  # its bookkeeping: no second save
