@@ -12,6 +12,7 @@ a bug and keeps its traceback.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import warnings
 
@@ -58,8 +59,12 @@ def _cli_class():
                 resume_last(config, log_on=subcommand in (None, "fit"))
             if config is not None:
                 check_optimizer(config)
+                check_lora_formats(config)
+                check_trainer(config)
             if config is not None and config.get("ckpt_path"):
-                check_checkpoint(str(config["ckpt_path"]), config)
+                checkpoint = check_checkpoint(str(config["ckpt_path"]), config)
+                if subcommand in (None, "fit") and checkpoint is not None:
+                    check_work_left(str(config["ckpt_path"]), checkpoint, config)
             self._held_seed_records = _HoldRecords()
             logging.getLogger(SEED_LOGGER).addFilter(self._held_seed_records)
 
@@ -79,6 +84,9 @@ def _cli_class():
             except ConfigError:
                 refused = True
                 raise
+            except MisconfigurationException as error:  # a callback's own check, e.g.
+                refused = True  # checkpoint.every_n_train_steps=-1
+                raise ConfigError(str(error)) from error
             except ModelUnavailableError as error:
                 refused = True
                 raise self._with_missing_models(error) from error
@@ -216,18 +224,42 @@ def resume_last(config, log_on: bool = True) -> None:
             args["version"] = found[-1].parent.parent.name
 
 
-def check_checkpoint(path: str, config=None) -> None:
+class NothingToDo(Exception):
+    """`fit --ckpt_path` of a run that is complete: said in one line, exit status 0."""
+
+
+def check_work_left(path: str, checkpoint: dict, config) -> None:
+    """A run resumed from a checkpoint at `trainer.max_steps`, with no validation owed, has
+    nothing to do: say so instead of logging an empty process into the finished run (a
+    requeue script that always passes `--ckpt_path last` ends here once the run is done)."""
+    max_steps = (config.get("trainer") or {}).get("max_steps")
+    step = checkpoint.get("global_step")
+    if not isinstance(max_steps, int) or max_steps < 0 or not isinstance(step, int):
+        return
+    owed = [
+        state.get("validation_owed_at_step")
+        for name, state in (checkpoint.get("callbacks") or {}).items()
+        if "PendingValidation" in str(name) and isinstance(state, dict)
+    ]
+    if step >= max_steps and not any(s is not None for s in owed):
+        raise NothingToDo(
+            f"nothing left to do: {path} is at step {step} and trainer.max_steps={max_steps}; "
+            "the run is complete (raise --trainer.max_steps to train further)"
+        )
+
+
+def check_checkpoint(path: str, config=None) -> dict | None:
     """Refuse a missing or unreadable --ckpt_path, or one whose LoRA rank is not the
-    config's, in one line before any model loads (else Lightning fails with a traceback
-    after the weights are in memory, and the full check of every weight's shape,
-    check_trained_weights, runs only then). Lightning's named checkpoints ("last" with none
-    found, "best", "hpc") are left to it."""
+    config's, in one line before any model loads, and return what it read (else Lightning
+    fails with a traceback after the weights are in memory, and the full check of every
+    weight's shape, check_trained_weights, runs only then). Lightning's named checkpoints
+    ("last" with none found, "best", "hpc") are left to it."""
     from pathlib import Path
 
     import torch
 
     if path in ("last", "best", "hpc", "registry"):
-        return
+        return None
     file = Path(path)
     sharded = file.is_dir() and (file / "meta.pt").is_file()  # the sharded strategy's folder
     if sharded:
@@ -254,6 +286,7 @@ def check_checkpoint(path: str, config=None) -> None:
             f"this config has model.lora.rank={rank}: resume with the lora settings it was "
             "trained with"
         )
+    return checkpoint
 
 
 # What torch's optimisers say about a bad value -> (the key, what is allowed).
@@ -294,6 +327,51 @@ def check_optimizer(config) -> None:
                 ) from None
     except Exception:  # noqa: BLE001 - an optimiser that needs real weights: the run will tell
         pass
+
+
+def check_trainer(config) -> None:
+    """Trainer values Lightning takes without a check and fails on later with a traceback
+    (accumulate_grad_batches=0: a division by zero at the first step, the version folder
+    made)."""
+    accumulate = (config.get("trainer") or {}).get("accumulate_grad_batches")
+    if isinstance(accumulate, int) and accumulate < 1:
+        raise ConfigError(f"trainer.accumulate_grad_batches={accumulate}: must be an integer >= 1")
+
+
+def check_lora_formats(config) -> None:
+    """Refuse `lora_export.formats: [kohya]` for a family without a kohya layout here, before
+    the logger makes the run's folder, wherever the family is known without loading or
+    downloading anything: a registered name, a local folder, a hub id already in the cache.
+    (Otherwise LoraExport.setup refuses it once the model is built.)"""
+    from draft_lightning.training.lora_export import check_formats
+
+    formats = (config.get("lora_export") or {}).get("formats") or []
+    name = _model_args(config).get("pretrained_model")
+    if "kohya" in formats and isinstance(name, str):
+        family = family_if_known(name)
+        if family is not None:
+            check_formats(formats, family)
+
+
+def family_if_known(name: str):
+    """The model family of `pretrained_model` if it can be read without a download, else None."""
+    from pathlib import Path
+
+    from draft_lightning import registry
+    from draft_lightning.models.families import family_of
+
+    if registry.is_named("models", name):
+        return family_of(registry.resolve("models", name, "model.pretrained_model"))
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return family_of(folder)
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        from huggingface_hub import try_to_load_from_cache
+
+        index = try_to_load_from_cache(name, "model_index.json")
+        if isinstance(index, str):
+            return family_of(Path(index).parent)
+    return None
 
 
 def _model_args(config) -> dict:
@@ -341,6 +419,67 @@ def _user_error(error: BaseException) -> BaseException | None:
     return None
 
 
+# jsonargparse refuses `nan` for a float nested in a class's arguments (`--model.reward.
+# init_args.weights '[.nan]'`), or `abc` for a learning rate, with several hundred characters
+# of union subtypes that name neither the whole key nor what is allowed.
+NUMBER_EXPECTED = re.compile(r"Expected a <class '(int|float)'>")
+NONFINITE = re.compile(r"(?<![\w.])-?\.?(nan|inf|infinity)(?!\w)", re.IGNORECASE)
+PARSER_KEY = re.compile(r"Parser key \"([^\"]+)\"")
+NESTED_ARG = re.compile(r"NestedArg\(key='([^']+)', val=(.+?)\)\s*$", re.MULTILINE)
+GIVEN_VALUE = re.compile(r"(?:Got|Given) value: (.+?)\s*$", re.MULTILINE)
+
+
+def not_a_number_message(message: str) -> str | None:
+    """`<key>=<value>: must be a finite number` (or `an integer`, or a list of them) for
+    jsonargparse's refusal of a value given where a number goes, or None when the message is
+    about something else."""
+    expected = set(NUMBER_EXPECTED.findall(message))
+    keys = PARSER_KEY.findall(message)
+    if not expected or not keys:
+        return None
+    nested = NESTED_ARG.findall(message)
+    if nested:  # the last one printed is the outermost: its key is relative to the first
+        inner_key, value = nested[-1]
+        key = f"{keys[0]}.{inner_key}"
+    else:
+        given = GIVEN_VALUE.findall(message)
+        if not given:
+            return None
+        key, value = keys[0], given[-1]
+    value = value.strip().strip("'\"").replace("'", "")
+    many = value.startswith("[")
+    if "float" in expected:
+        allowed = "finite numbers" if many else "a finite number"
+    else:
+        allowed = "integers" if many else "an integer"
+    not_finite = " (not NaN or infinity)" if NONFINITE.search(value) else ""
+    return f"{key}={value}: must be {allowed}{not_finite}"
+
+
+LITERAL = re.compile(r"typing\.Literal\[([^\]]*)\]")
+
+
+def not_allowed_message(message: str) -> str | None:
+    """`<key>=<value>: must be one of <choices>` for jsonargparse's refusal of a value outside
+    a fixed set (`lora_export.formats: [ckpt]`, `trainer.precision: 17`), or None."""
+    if "Expected a typing.Literal[" not in message:
+        return None
+    keys = PARSER_KEY.findall(message)
+    given = GIVEN_VALUE.findall(message)
+    nested = NESTED_ARG.findall(message)
+    if not keys or not (given or nested):
+        return None
+    key, value = (f"{keys[0]}.{nested[-1][0]}", nested[-1][1]) if nested else (keys[0], given[-1])
+    choices = []
+    for options in LITERAL.findall(message):
+        for option in options.split(","):
+            option = option.strip().strip("'\"")
+            if option and option not in choices:
+                choices.append(option)
+    value = value.strip().strip("'\"").replace("'", "")
+    return f"{key}={value}: must be one of {', '.join(choices)}"
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of both console scripts."""
     from jsonargparse import ArgumentError
@@ -356,33 +495,38 @@ def main(args: list[str] | None = None) -> None:
     from draft_lightning.training.nonfinite_guard import NonFiniteError
     from draft_lightning.training.quiet import quiet_lightning_noise
     from draft_lightning.training.run_config import SaveRunConfig
-    from draft_lightning.training.stop_signals import RunInterrupted
+    from draft_lightning.training.stop_signals import CommandSignals, RunInterrupted
     from draft_lightning.unknown_class import unknown_class_message
 
     quiet_lightning_noise()  # what a user cannot act on (training/quiet.py says which)
 
     argv = sys.argv[1:] if args is None else list(args)
     try:
-        if argv[:1] == ["plan"]:  # not a Lightning subcommand: one step planned, nothing run
-            from draft_lightning.planning.command import main as plan
+        with CommandSignals():  # a signal outside fit's steps: one line too (stop_signals.py)
+            if argv[:1] == ["plan"]:  # not a Lightning subcommand: one step planned, nothing run
+                from draft_lightning.planning.command import main as plan
 
-            plan(argv[1:], _cli_class())
-            return
-        _cli_class()(
-            RewardFineTuningModule,
-            PromptDataModule,
-            # DraftModule (the default, see add_arguments_to_parser) or DDPOModule.
-            subclass_mode_model=True,
-            save_config_callback=SaveRunConfig,  # when the work starts, beside an earlier one
-            save_config_kwargs={"overwrite": True},
-            args=args,
-        )
+                plan(argv[1:], _cli_class())
+                return
+            _cli_class()(
+                RewardFineTuningModule,
+                PromptDataModule,
+                # DraftModule (the default, see add_arguments_to_parser) or DDPOModule.
+                subclass_mode_model=True,
+                save_config_callback=SaveRunConfig,  # when the work starts, beside an earlier one
+                save_config_kwargs={"overwrite": True},
+                args=args,
+            )
     except (ConfigError, ModelUnavailableError, ArgumentError, NonFiniteError) as error:
         message = " ".join(str(error).split())
         if isinstance(error, ArgumentError):
-            message = unknown_class_message(message) or message
+            raw = str(error)  # the layout of the message matters to these
+            short = not_a_number_message(raw) or not_allowed_message(raw)
+            message = short or unknown_class_message(message) or message
         print(f"error: {message}", file=sys.stderr)  # one line
         raise SystemExit(2) from None
+    except NothingToDo as done:
+        print(str(done), file=sys.stderr)
     except RunInterrupted as stop:
         argv = sys.argv if args is None else ["lightning", *args]
         print(interrupted_line(stop, argv), file=sys.stderr)  # the run's last line
@@ -406,12 +550,32 @@ def interrupted_line(stop, argv: list[str]) -> str:
         skip = arg == "--ckpt_path"
         if not skip:
             command.append(arg)
-    if stop.checkpoint is None:
+    resume = shlex.join([*command, "--ckpt_path", "last"])
+    if stop.when == "start":
+        subcommand = argv[1] if len(argv) > 1 else ""
+        if subcommand != "fit":  # validate, test, predict, plan: nothing to resume
+            return f"stopped by {name} before {shlex.join(command[:2])} finished; run it again"
+        return (
+            f"stopped by {name} before training started: nothing to resume; run the command again"
+        )
+    if stop.when == "second":
         return (
             f"stopped by a second {name} before the step ended: no new checkpoint (the last "
-            f"one saved is intact); resume with: {shlex.join([*command, '--ckpt_path', 'last'])}"
+            f"one saved is intact); resume with: {resume}"
+        )
+    if stop.when == "resumed":
+        return (
+            f"stopped by {name} before the first step after resuming at step {stop.step}: the "
+            f"checkpoint it resumed from is intact; resume with: "
+            f"{shlex.join([command[0], *argv[1:]])}"
         )
     target = "last" if stop.found_by_last else str(stop.checkpoint)
+    if stop.when == "end":
+        written = f"checkpoint {stop.checkpoint}" if stop.checkpoint else "no checkpoint kept"
+        return (
+            f"stopped by {name} after the last step ({stop.step}), once the run was complete: "
+            f"{written}; nothing left to resume"
+        )
     return (
         f"stopped by {name} at step {stop.step}: checkpoint {stop.checkpoint}; resume with: "
         f"{shlex.join([*command, '--ckpt_path', target])}"

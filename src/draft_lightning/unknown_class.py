@@ -43,6 +43,8 @@ def known_classes(base_path: str) -> list[str]:
     """Public, concrete subclasses of the class at `base_path` imported so far, each by the
     shortest import path that reaches it (draft_lightning.rewards.Brightness)."""
     module, _, name = base_path.rpartition(".")
+    if not module:  # a builtin such as float: not a slot for classes
+        return []
     try:
         base = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):

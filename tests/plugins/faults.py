@@ -53,12 +53,15 @@ class KillAtStep(Callback):
 class SignalAt(Callback):
     """Send this process a signal at a chosen point of step `step`: as the step's batch begins
     ("step": the signal arrives mid-step), as the validation after that step begins its
-    first batch ("validation"), or as the base model's validation before training does
-    ("sanity", step 0).
+    first batch ("validation"), as the base model's validation before training does
+    ("sanity", step 0), as the trainer sets up ("setup", step 0: the version folder exists)
+    or has set up ("fit_start": the model placed, the checkpoint restored), or as training
+    ends ("train_end": before the final checkpoint and LoRA export) or the run summary is
+    printed ("fit_end"), after the last step's checks.
 
     Args:
         step: the global step (optimiser steps taken) at which to send it.
-        where: "step", "validation" or "sanity".
+        where: "step", "validation", "sanity", "setup", "fit_start", "train_end" or "fit_end".
         signal_name: e.g. "SIGTERM" or "SIGINT".
     """
 
@@ -73,9 +76,24 @@ class SignalAt(Callback):
             self.sent = True
             os.kill(os.getpid(), self.signum)
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self.where == "step" and trainer.global_step == self.step:
+    def _send_at(self, trainer, where: str) -> None:
+        if self.where == where and trainer.global_step == self.step:
             self._send()
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        self._send_at(trainer, "setup")
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._send_at(trainer, "fit_start")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._send_at(trainer, "step")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._send_at(trainer, "train_end")
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._send_at(trainer, "fit_end")
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         if trainer.state.fn != "fit" or trainer.global_step != self.step:
@@ -110,3 +128,16 @@ class NaNScores(Brightness):
             nan[::2] = float("nan")
             scores = scores + nan
         return scores
+
+
+class SignalWhenBuilt(Brightness):
+    """Brightness that sends this process a signal as it is constructed: the signal arrives
+    while the command builds its classes (the model loads next), before any Trainer exists.
+
+    Args:
+        signal_name: e.g. "SIGTERM" or "SIGINT".
+    """
+
+    def __init__(self, signal_name: str = "SIGINT") -> None:
+        super().__init__(name="brightness")
+        os.kill(os.getpid(), getattr(signal, signal_name))

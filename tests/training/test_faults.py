@@ -1,9 +1,9 @@
-"""Faults a run meets, injected on the tiny model: SIGTERM and SIGINT mid-step and
-mid-validation, and what the resumed run does about them.
+"""Faults a run meets, injected on the tiny model: SIGTERM and SIGINT before the first step,
+mid-step, mid-validation and after the last step, and what the resumed run does about them.
 
-One uninterrupted run and one run stopped twice (SIGTERM mid-step, then SIGINT
-mid-validation) and resumed twice are shared by the assertions below: subprocess runs are
-the slow part."""
+One uninterrupted run and one run stopped four times (SIGTERM as the trainer has set up,
+SIGTERM mid-step, SIGINT mid-validation, SIGTERM as the run summary prints) and resumed
+three times are shared by the assertions below: subprocess runs are the slow part."""
 
 from __future__ import annotations
 
@@ -75,23 +75,34 @@ def lora(run: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_sd):
-    """The uninterrupted run, and the same run stopped by SIGTERM as step 1 runs, resumed,
-    stopped by SIGINT as step 2's validation runs, and resumed to the end."""
+    """The uninterrupted run, and the same run stopped by SIGTERM once the trainer has set up
+    (before the base model's validation), resumed, stopped by SIGTERM as step 1 runs,
+    resumed, stopped by SIGINT as step 2's validation runs, and resumed to the end, where a
+    SIGTERM arrives after the last step's checks (as the run summary prints)."""
     straight, stopped = tmp_path_factory.mktemp("straight"), tmp_path_factory.mktemp("stopped")
     done = fit(straight)
     assert done.returncode == 0, done.stderr[-3000:]
-    term = fit(stopped, *signal_at(1, "step", "SIGTERM"))
+    setup = fit(stopped, *signal_at(0, "fit_start", "SIGTERM"))
+    after_setup = {
+        "files": sorted(str(p.relative_to(version(stopped))) for p in version(stopped).rglob("*")),
+        "checkpoint": torch.load(
+            version(stopped) / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu"
+        ),
+    }
+    term = fit(stopped, "--ckpt_path", "last", *signal_at(1, "step", "SIGTERM"))
     after_term = torch.load(
         version(stopped) / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu"
     )
     resumed = fit(stopped, "--ckpt_path", "last", *signal_at(2, "validation", "SIGINT"))
     stale = version(stopped) / "checkpoints" / ".last.ckpt.tmp-k1ll3d"  # a kill mid-save's
     stale.write_bytes(b"half a checkpoint")
-    finished = fit(stopped, "--ckpt_path", "last")
+    finished = fit(stopped, "--ckpt_path", "last", *signal_at(STEPS, "fit_end", "SIGTERM"))
     return {
         "straight": straight,
         "stopped": stopped,
         "done": done,
+        "setup": setup,
+        "after_setup": after_setup,
         "term": term,
         "after_term": after_term,
         "int": resumed,
@@ -104,6 +115,22 @@ def last_line(done: subprocess.CompletedProcess) -> str:
     return done.stderr.strip().splitlines()[-1]
 
 
+def test_sigterm_before_the_first_step_checkpoints_step_0_and_exits_143(runs):
+    setup = runs["setup"]
+    assert setup.returncode == 143, setup.stderr[-3000:]
+    assert last_line(setup).startswith(
+        "stopped by SIGTERM at step 0: checkpoint runs/draft_lv/version_0/checkpoints/last.ckpt;"
+    )
+    assert "Traceback" not in setup.stderr and "KeyboardInterrupt" not in setup.stderr
+    checkpoint = runs["after_setup"]["checkpoint"]
+    assert checkpoint["global_step"] == 0
+    (pending,) = [v for k, v in checkpoint["callbacks"].items() if "PendingValidation" in k]
+    assert pending == {"validation_owed_at_step": 0}  # the base model's, done on resume
+    # Nothing half-made: no events file or config of a run that never started.
+    files = runs["after_setup"]["files"]
+    assert not [f for f in files if f.startswith(("events.", "config"))], files
+
+
 def test_sigterm_mid_step_finishes_the_step_checkpoints_and_exits_143(runs):
     term = runs["term"]
     assert term.returncode == 143, term.stderr[-3000:]
@@ -111,6 +138,7 @@ def test_sigterm_mid_step_finishes_the_step_checkpoints_and_exits_143(runs):
     assert line.startswith("stopped by SIGTERM at step 2: checkpoint runs/draft_lv/version_0/")
     assert line.endswith(" --ckpt_path last") and "lightning fit --config" in line
     assert "Traceback" not in term.stderr
+    assert "weights_only" not in term.stderr  # Lightning's note on a save that did not say
     assert runs["after_term"]["global_step"] == 2  # the step under way finished
     assert [r[0] for r in rewards(runs["stopped"])][:2] == [1, 2]
 
@@ -122,14 +150,31 @@ def test_sigint_mid_validation_abandons_it_checkpoints_and_exits_130(runs):
     assert "Traceback" not in stopped.stderr + stopped.stdout
 
 
+def test_sigterm_after_the_last_step_completes_the_run_and_exits_143(runs):
+    finished = runs["finished"]
+    assert finished.returncode == 143, finished.stderr[-3000:]
+    assert "Traceback" not in finished.stderr
+    assert last_line(finished) == (
+        f"stopped by SIGTERM after the last step ({STEPS}), once the run was complete: "
+        "checkpoint runs/draft_lv/version_0/checkpoints/last.ckpt; nothing left to resume"
+    )
+    from draft_lightning.training.lora_export import fingerprint
+
+    checkpoints = version(runs["stopped"]) / "checkpoints"
+    state = torch.load(checkpoints / "last.ckpt", weights_only=True, map_location="cpu")
+    assert state["global_step"] == STEPS  # what --ckpt_path last finds: the finished run
+    assert fingerprint(lora(runs["stopped"])) == fingerprint(state["state_dict"])
+    assert not list(checkpoints.glob("last-v*.ckpt"))  # one last.ckpt, overwritten
+
+
 def test_resumed_run_equals_the_uninterrupted_one_and_redoes_the_abandoned_validation(runs):
     finished = runs["finished"]
-    assert finished.returncode == 0, finished.stderr[-3000:]
     assert "step 2's validation did not finish; validating it first" in finished.stderr
     # Each command's configuration kept: the first run's, then each resume's beside it.
     configs = sorted(p.name for p in version(runs["stopped"]).glob("config*.yaml"))
     assert configs == ["config-resumed-step=2-2.yaml", "config-resumed-step=2.yaml", "config.yaml"]
-    assert "SIGTERM" in (version(runs["stopped"]) / "config.yaml").read_text()
+    first = (version(runs["stopped"]) / "config.yaml").read_text()  # the first that trained
+    assert "where: step" in first and "signal_name: SIGTERM" in first
     assert not runs["stale"].exists()  # deleted as the resumed run started
     straight, stopped = runs["straight"], runs["stopped"]
     assert rewards(stopped) == rewards(straight)  # same prompts and rewards, step by step
@@ -242,16 +287,33 @@ def refused(done: subprocess.CompletedProcess, expected: str, alone: bool = True
     assert lines[-1].startswith("error: ") and expected in lines[-1]
 
 
-def test_refused_resumes_and_predict_leave_the_training_run_as_it_was(runs, tmp_path):
+def test_refused_resumes_and_predict_leave_the_training_run_as_it_was(
+    runs, tmp_path, monkeypatch, capsys
+):
     shutil.copytree(runs["straight"] / "runs", tmp_path / "runs")
     before = files(tmp_path / "runs")
     # Refused before the model loads: the checkpoint's LoRA rank is read from the file.
     done = fit(tmp_path, "--ckpt_path", "last", "--model.lora.rank", "4")
     refused(done, "holds a LoRA adapter of rank 8; this config has model.lora.rank=4")
-    # Refused once the model is built and the logger has opened its events file.
-    done = fit(tmp_path, "--ckpt_path", "last", "--model.lora.target_modules", "[to_q, to_k]")
+    # Refused once the model is built and the logger has opened its events file (a step to
+    # go: a complete run is not resumed at all, see below).
+    done = fit(tmp_path, "--ckpt_path", "last", "--model.lora.target_modules", "[to_q, to_k]",
+               "--trainer.max_steps", str(STEPS + 1))  # fmt: skip
     refused(done, "ckpt_path: the checkpoint does not fit this model's adapter", alone=False)
     assert files(tmp_path / "runs") == before  # config.yaml, events, hparams, checkpoints
+    # The run is complete: resuming it says so and writes nothing (no empty events file).
+    from draft_lightning.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(ROOT / "configs/draft_lv.yaml"),
+          "--config", str(ROOT / "configs/cpu_tiny.yaml"),
+          "--trainer.max_steps", str(STEPS), "--ckpt_path", "last"])  # fmt: skip
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "nothing left to do: runs/draft_lv/version_0/checkpoints/last.ckpt is at step "
+        f"{STEPS} and trainer.max_steps={STEPS}; the run is complete (raise "
+        "--trainer.max_steps to train further)"
+    ]
+    assert files(tmp_path / "runs") == before
     predicted = fit(tmp_path, "--ckpt_path", "last", command="predict")
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     after = files(tmp_path / "runs")
@@ -284,6 +346,29 @@ model:
          "JPEGCompressibility quality=101: must be an integer in 1..100"),
         (["--model.reward", "draft_lightning.rewards.Brightnes"],
          "model.reward=draft_lightning.rewards.Brightnes: no such class; known reward classes: "),
+        # On the command line jsonargparse refuses these itself, in hundreds of characters
+        # (and `lr nan` once made the unknown-class shortener fail with a traceback).
+        (["--model.reward", "draft_lightning.rewards.WeightedSum",
+          "--model.reward.init_args.rewards", "[{class_path: draft_lightning.rewards.Brightness}]",
+          "--model.reward.init_args.weights", "[.nan]"],
+         "model.reward.init_args.weights=[nan]: must be finite numbers (not NaN or infinity)"),
+        (["--model.optimizer.init_args.lr", "nan"],
+         "model.optimizer.init_args.lr=nan: must be a finite number (not NaN or infinity)"),
+        (["--model.optimizer.init_args.lr", "abc"],
+         "model.optimizer.init_args.lr=abc: must be a finite number"),
+        (["--trainer.max_steps", "2.5"], "trainer.max_steps=2.5: must be an integer"),
+        (["--lora_export.formats", "[diffusers, ckpt]"],
+         "lora_export.formats=[diffusers, ckpt]: must be one of diffusers, kohya"),
+        # Lightning takes it and divides by it at the first step, its folder made.
+        (["--trainer.accumulate_grad_batches", "0"],
+         "trainer.accumulate_grad_batches=0: must be an integer >= 1"),
+        # Lightning's own check (a MisconfigurationException, once a traceback).
+        (["--checkpoint.every_n_train_steps", "-1"],
+         "error: Invalid value for every_n_train_steps=-1. Must be >= 0"),
+        # Refused as the config is parsed, not in setup once the version folder exists.
+        (["--model.pretrained_model", "tiny:flux", "--lora_export.formats", "[kohya]"],
+         "lora_export.formats=['kohya'] has kohya, which is for SD 1.x/2.x and SDXL; this "
+         "model is FLUX.1: use [diffusers]"),
     ],
 )  # fmt: skip
 def test_bad_values_are_refused_in_one_line_before_anything_is_written(
@@ -299,6 +384,46 @@ def test_bad_values_are_refused_in_one_line_before_anything_is_written(
     errors = capsys.readouterr().err.strip().splitlines()
     refused(subprocess.CompletedProcess([], stop.value.code, "", "\n".join(errors)), expected)
     assert [p.name for p in tmp_path.iterdir()] == ["weighted_nan.yaml"]  # no log folder
+
+
+@pytest.mark.parametrize(("name", "status"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_while_the_command_builds_its_classes_stops_it_in_one_line(
+    tmp_path, monkeypatch, capsys, name, status
+):
+    import signal
+
+    from draft_lightning.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", str(ROOT / "configs/draft_lv.yaml"),
+              "--config", str(ROOT / "configs/cpu_tiny.yaml"),
+              "--model.reward", "plugins.faults.SignalWhenBuilt",
+              "--model.reward.signal_name", name])  # fmt: skip
+    assert stop.value.code == status
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"stopped by {name} before training started: nothing to resume; run the command again"
+    ]
+    assert list(tmp_path.iterdir()) == []  # no version folder
+    assert {s: signal.getsignal(s) for s in before} == before  # handed back
+
+
+def test_a_signal_after_a_finished_fit_hands_back_says_the_run_is_complete():
+    import signal
+
+    from draft_lightning.cli import interrupted_line
+    from draft_lightning.training.stop_signals import CommandSignals, RunInterrupted
+
+    with pytest.raises(RunInterrupted) as stop, CommandSignals() as command:
+        # What StopOnSignal.teardown leaves once fit has ended (a later signal: this one).
+        command.finished = RunInterrupted(signal.SIGTERM, 4, Path("c/last.ckpt"), when="end")
+        os.kill(os.getpid(), signal.SIGINT)
+    assert stop.value.exit_status == 130
+    assert interrupted_line(stop.value, ["lightning", "fit"]) == (
+        "stopped by SIGINT after the last step (4), once the run was complete: checkpoint "
+        "c/last.ckpt; nothing left to resume"
+    )
 
 
 def test_checkpoints_and_exports_get_the_mode_the_umask_allows(tmp_path):
@@ -384,9 +509,52 @@ def test_lora_last_is_never_ahead_of_last_ckpt_and_a_resume_catches_it_up(
     assert exported("last") == in_checkpoint() == exported("step=2")
 
 
+def test_a_run_ends_with_last_ckpt_at_its_last_step_with_the_validation_done(tiny_sd, tmp_path):
+    """Lightning writes last.ckpt at step 2 before step 2's validation: resumed, that one
+    would validate step 2 again; the run's own last save comes after it."""
+    from conftest import make_module
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from draft_lightning.data import PromptDataModule
+    from draft_lightning.training.pending_validation import PendingValidation
+    from draft_lightning.training.stop_signals import StopOnSignal
+
+    last = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_last=True, save_top_k=0)
+    trainer = Trainer(
+        accelerator="cpu", max_steps=2, val_check_interval=2, check_val_every_n_epoch=None,
+        num_sanity_val_steps=0, logger=False, default_root_dir=tmp_path,
+        enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[StopOnSignal(), PendingValidation(), last],
+    )  # fmt: skip
+    trainer.fit(make_module(), PromptDataModule(batch_size=2, num_val_prompts=2, num_val_seeds=1))
+    state = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 2
+    assert state["callbacks"]["PendingValidation"] == {"validation_owed_at_step": None}
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["last.ckpt"]
+
+
 class DieAtFirstBatch(Callback):
     def on_train_batch_start(self, *args) -> None:
         raise RuntimeError("killed")
+
+
+def test_a_write_a_signal_interrupts_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    import signal
+
+    from draft_lightning.training import run_files
+    from draft_lightning.training.stop_signals import RunInterrupted
+
+    (tmp_path / "config.yaml").write_bytes(b"old")
+
+    def signal_arrives(*args):
+        raise RunInterrupted(signal.SIGTERM, None, None, when="start")
+
+    monkeypatch.setattr(run_files.os, "replace", signal_arrives)
+    with pytest.raises(RunInterrupted):
+        run_files.write_atomically(tmp_path / "config.yaml", b"new")
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+    assert (tmp_path / "config.yaml").read_bytes() == b"old"
 
 
 def test_stale_temporaries_of_killed_writes_are_removed(tmp_path):

@@ -12,6 +12,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from draft_lightning.errors import ConfigError
 from draft_lightning.evaluation.image_grid import evaluation_grid
+from draft_lightning.models.families import ModelFamily
 from draft_lightning.training.checkpoint_io import AtomicCheckpointIO
 from draft_lightning.training.logger_media import png_bytes
 from draft_lightning.training.model_card import SAMPLES_NAME, CardFacts, model_card
@@ -63,12 +64,7 @@ class LoraExport(Callback):
         self.model_card = model_card
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        family = pl_module.pipeline.family
-        if "kohya" in self.formats and family.lora_component != "unet":
-            raise ConfigError(
-                f"lora_export.formats has kohya, which is for SD 1.x/2.x and SDXL; this "
-                f"model is {family.display_name}: use [diffusers]"
-            )
+        check_formats(self.formats, pl_module.pipeline.family)  # cli checks it before, if it can
         self.pending: Callable[[], None] | None = None
         io = trainer.strategy.checkpoint_io
         self.checkpoint_io = io if isinstance(io, AtomicCheckpointIO) else None
@@ -192,6 +188,15 @@ class LoraExport(Callback):
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.export(trainer, pl_module, trainer.global_step)
+
+
+def check_formats(formats: list[str], family: ModelFamily) -> None:
+    """Refuse the kohya format for a family kohya-ss has no layout for."""
+    if "kohya" in formats and family.lora_component != "unet":
+        raise ConfigError(
+            f"lora_export.formats={list(formats)} has kohya, which is for SD 1.x/2.x and SDXL; "
+            f"this model is {family.display_name}: use [diffusers]"
+        )
 
 
 def fingerprint(state: dict[str, torch.Tensor]) -> list[tuple]:

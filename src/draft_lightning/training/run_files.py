@@ -17,9 +17,15 @@ def run_dir(trainer: Trainer) -> Path:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
+    """Write `path` whole or not at all; an interrupted write (an error, a signal's
+    RunInterrupted) leaves no temporary behind."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
