@@ -159,8 +159,9 @@ def run_check(smoke: bool = False) -> Section:
         " config's step run for real on this CPU (DraftModule.training_step, backward, AdamW"
         " step, optimiser state created beforehand as from the second step on), its peak = the"
         " weights, buffers and optimiser state resident before the step + the highest running"
-        " sum of the CPU allocator's allocation and free records (torch.profiler,"
-        " profile_memory=True) during it, which does not use the plan's accounting."
+        " sum of the blocks the CPU allocator allocated during it and their frees, matched by"
+        " address (torch.profiler, profile_memory=True), which does not use the plan's"
+        " accounting."
     )
     return Section("9. lightning plan against a measured step (CPU)", "", body, data)
 

@@ -1,4 +1,5 @@
-"""`lightning plan` as a user meets it: bad input is one `error:` line, exit status 2."""
+"""`lightning plan` as a user meets it: bad input is one `error:` line, exit status 2; a
+good plan prints no warnings."""
 
 from __future__ import annotations
 
@@ -46,3 +47,34 @@ def test_every_shipped_config_names_an_architecture_that_ships():
         if isinstance(name, str) and ":" not in name:
             assert name in known_architectures(), config
             assert (architecture_folder(name) / "model_index.json").is_file()
+
+
+def test_the_plan_prints_no_warnings():
+    """As a user runs it: the plan on stdout, and on stderr only the Trainer's device and
+    seed lines (no LightningCLI args warning, no self.log-without-a-trainer warning, no
+    diffusers fp32 notice with nothing in it)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "lightning"),
+            "plan",
+            *["--config", "configs/draft_lv.yaml", "--config", "configs/cpu_tiny.yaml"],
+            *["--model.sampling.num_steps", "2", "--memory", "1GiB"],
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("plan: ") and "memory 1.0 GiB: batch 2 fits" in run.stdout
+    noise = [
+        line
+        for line in run.stderr.splitlines()
+        if not line.startswith(("GPU available:", "TPU available:", "Seed set to"))
+    ]
+    assert noise == []

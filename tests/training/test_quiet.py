@@ -28,3 +28,21 @@ def test_the_litlogger_tip_and_leafspec_warning_go_and_the_rest_stays(caplog):
         )
         warnings.warn("checkpoint_decode is off", stacklevel=1)
     assert [str(w.message) for w in caught] == ["checkpoint_decode is off"]
+
+
+def test_diffusers_fp32_notice_goes_only_when_no_module_is_named():
+    quiet_lightning_noise()
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        for modules in ("[]", "['proj_out']"):
+            logger.warning(
+                f"There are modules in AutoencoderKL that should be kept in float32: {modules}."
+                " Casting directly with `to()` can lead to inconsistent results; ..."
+            )
+    finally:
+        logger.removeHandler(handler)
+    assert [("['proj_out']" in r.getMessage()) for r in records] == [True]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 
 from draft_lightning.errors import ConfigError
 from draft_lightning.planning.plan import (
@@ -68,14 +69,18 @@ def parse_fit(args: list[str], cli_class: type):
     from draft_lightning.base_module import RewardFineTuningModule
     from draft_lightning.data import PromptDataModule
 
-    return cli_class(
-        RewardFineTuningModule,
-        PromptDataModule,
-        subclass_mode_model=True,
-        run=False,
-        save_config_callback=None,
-        args=[*args, *TRAINER_OVERRIDES],
-    )
+    with warnings.catch_warnings():
+        # LightningCLI warns when it gets `args` while sys.argv has arguments too: here the
+        # arguments are sys.argv's own, minus `plan` and --memory, plus the CPU overrides.
+        warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+        return cli_class(
+            RewardFineTuningModule,
+            PromptDataModule,
+            subclass_mode_model=True,
+            run=False,
+            save_config_callback=None,
+            args=[*args, *TRAINER_OVERRIDES],
+        )
 
 
 def build(args: list[str], cli_class: type, device: str = "meta"):

@@ -11,6 +11,7 @@ the package's own code unchanged.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -105,6 +106,15 @@ def _tokenizer(cls, folder, subfolder: str = "", **_) -> ShapeTokenizer:
 
 
 _DEVICE = ["meta"]  # where weightless() builds: "meta", or "cpu" for random weights
+OPEN_CLIP_NO_WEIGHTS = "No pretrained weights loaded for model"
+
+
+class _WithoutWeightsOnPurpose(logging.Filter):
+    """open_clip warns (on the root logger) when it builds a tower without weights, which is
+    what the plan asks it for."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(OPEN_CLIP_NO_WEIGHTS)
 
 
 def _diffusers_model(cls, folder, subfolder: str | None = None, torch_dtype=None, **_):
@@ -185,8 +195,13 @@ def weightless(device: str = "meta") -> Iterator[None]:
         if _PAUSED[0]:
             return create_model(arch, pretrained=pretrained, **kwargs)
         kwargs.pop("weights_only", None)
-        with torch.device(_DEVICE[0]):
-            return create_model(arch, pretrained=None, device=_DEVICE[0], **kwargs)
+        notice = _WithoutWeightsOnPurpose()
+        logging.getLogger().addFilter(notice)
+        try:
+            with torch.device(_DEVICE[0]):
+                return create_model(arch, pretrained=None, device=_DEVICE[0], **kwargs)
+        finally:
+            logging.getLogger().removeFilter(notice)
 
     module_to = torch.nn.Module.to
 
