@@ -77,8 +77,13 @@ class RewardFineTuningModule(LightningModule):
             merged (docs/benchmarks.md). None (default) means on for float32 frozen weights
             and off otherwise: in bf16/fp16 the merged update would be rounded to that
             precision, losing small LoRA updates in the prefix.
-        compile_unet: run the denoiser calls made without gradient through torch.compile (the
-            first one compiles: tens of seconds on a CPU; pays off only over long runs).
+        compile_unet: run the denoiser calls made without gradient (the steps before the
+            gradient window, validation, predict) through torch.compile; calls with gradient
+            stay eager. The first such call compiles, once per process and batch shape (15-55
+            s for the tiny model on a quiet 2-core CPU, more under load; the updated LoRA is an
+            input of the compiled graph, so training steps never recompile). Same results
+            within float tolerance (tests/samplers/test_compiled_calls.py). On in the shipped
+            GPU configs, off in the CPU overlays; not used under the sharded strategy.
         share_first_attention: in a guided call (unconditional and conditional rows in one
             batch, the same latents), compute the UNet's first self-attention once for both
             halves: the text reaches a SD 1.x/2.x UNet only through cross-attention, so the
