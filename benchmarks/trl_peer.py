@@ -81,6 +81,7 @@ def run(smoke: bool) -> dict:
     from draft_lightning.estimators import DraftK
     from draft_lightning.models.lora import LoraSettings
 
+    measured = commit()  # before anything runs: the code this process imported
     resolution, steps, batch, rounds = (32, 2, 1, 1) if smoke else (64, 50, 2, 2)
     ks = (1, steps)
     ours = build_module(
@@ -141,7 +142,7 @@ def run(smoke: bool) -> dict:
         "lora_rank": TRL_LORA_RANK,
         "ours_options": OURS_OPTIONS,
         "first_step_seconds": compile_seconds,
-        "commit": commit(),
+        "commit": measured,
         "threads": f" ({torch.get_num_threads()} torch threads)",
         "times": {name: median(v) for name, v in times.items()},
         "ratios": {k: ratio(times, f"ours K={k}", f"TRL K={k}") for k in ks},
