@@ -238,6 +238,8 @@ class RewardFineTuningModule(LightningModule):
     def shard(self, mesh) -> None:
         """Shard across `mesh` (a 1-D device mesh of the data-parallel ranks); see
         models/sharding.py. Every trainable weight must end up sharded."""
+        if self.pipeline.sampler.compiled is not None:
+            rank_zero_info("compile_unet: not used under the sharded strategy (eager calls)")
         self.pipeline.shard(mesh, self.sharding)
         if self.sharding.reward == "shard" and not is_sharded(self.reward):
             shard_module(self.reward, mesh, forward_methods=("score", "image_features"))

@@ -154,13 +154,9 @@ class Pipeline(nn.Module):
                 "merge_lora_without_grad=True cannot be used with a sharded model (the LoRA "
                 "update cannot be folded into weight shards): leave it null"
             )
-        if self.sampler.compiled is not None:
-            # The shipped GPU configs set compile_unet and say "any config" runs sharded:
-            # compiling the FSDP2-wrapped blocks is untested, so those calls run eagerly.
-            from lightning.pytorch.utilities import rank_zero_info
-
-            rank_zero_info("compile_unet: not used under the sharded strategy (eager calls)")
-            self.sampler.compiled = None
+        # The shipped GPU configs set compile_unet and docs/sharding.md runs any config
+        # sharded: compiling FSDP2-wrapped blocks is untested, so those calls run eagerly.
+        self.sampler.compiled = None
         self.sampler.no_grad_context = None  # unmerged LoRA in the no-grad steps
         if self.options.checkpoint_blocks is None:
             self.enable_block_checkpointing()
