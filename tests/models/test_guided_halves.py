@@ -117,3 +117,26 @@ def test_unrepeated_batches_and_active_dropout_run_whole(pair):
             finally:
                 attention.to_q.lora_dropout["default"] = torch.nn.Identity()
     assert counter.rows == [4, 2, 4]  # with dropout the halves would draw different masks
+
+
+def test_per_block_checkpointing_recomputes_what_the_forward_did(pair):
+    """checkpoint_blocks recomputes blocks in backward, outside the sampler's marking: the
+    differentiated calls then run whole (else the recompute would not match the forward)."""
+    from draft_lightning.estimators import DraftK
+    from draft_lightning.randomness import StepRandomness
+
+    on, off = pair
+    blocks = make_module(estimator=DraftK(2), checkpoint_blocks=True)
+    with torch.no_grad():
+        for mine, theirs in zip(
+            blocks.trainable_parameters(), on.trainable_parameters(), strict=True
+        ):
+            mine.copy_(theirs)
+    off.zero_grad(set_to_none=True)
+    off.reward_loss(["a cat", "a dog"], StepRandomness(0, 0, 0, 0, 1)).loss.backward()
+    with counting(blocks) as counter:
+        blocks.reward_loss(["a cat", "a dog"], StepRandomness(0, 0, 0, 0, 1)).loss.backward()
+    # The two no-grad steps shared; the window's calls (and their recomputes) whole.
+    assert counter.rows[:2] == [2, 2] and set(counter.rows[2:]) == {4}
+    for got, want in zip(blocks.trainable_parameters(), off.trainable_parameters(), strict=True):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-8)

@@ -9,8 +9,9 @@ the most expensive single operation of a call (on the tiny UNet: one of its thre
 on one half and repeating the result is exact: the rows are the same numbers, and in a
 differentiated step the repeated output's gradient is the sum of both halves' as before.
 
-The sampler says when a call's halves repeat (`halves_repeated`); the wrapper only acts then,
-and only on plain self-attention (no mask, no encoder states, no active dropout, which would
+The sampler says when a call's halves repeat (`halves_repeated`); the wrapper only acts then
+(under per-block checkpointing only in calls without gradient), and only on plain
+self-attention (no mask, no encoder states, no active dropout, which would
 draw different masks for the two halves). UNets that mix text into the time embedding
 (SDXL's added conditioning, class or text embeddings) and transformer denoisers (FLUX.1,
 SD3, whose text tokens join the first block) are left alone.
@@ -113,6 +114,12 @@ def halves_repeated(denoiser: nn.Module) -> Iterator[None]:
     attention = getattr(denoiser, ATTRIBUTE, None)
     processor = getattr(attention, "processor", None)
     if not isinstance(processor, SharedHalvesAttention) or processor.repeated:
+        yield
+        return
+    if torch.is_grad_enabled() and getattr(denoiser, "is_gradient_checkpointing", False):
+        # Per-block checkpointing (checkpoint_blocks) recomputes blocks in the backward pass,
+        # outside this block, where the halves would not be marked: the recompute must do
+        # what the forward did, so differentiated calls then run whole.
         yield
         return
     processor.repeated = True
