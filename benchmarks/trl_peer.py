@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 import tempfile
 import time
 import warnings
@@ -97,6 +98,7 @@ def run(smoke: bool) -> dict:
     start = time.perf_counter()
     train_step(ours, optimizer, batch)
     compile_seconds = time.perf_counter() - start
+    print(f"[trl_peer] ours' first step (compiling): {compile_seconds:.0f} s", file=sys.stderr)
     blocks = build_module(
         resolution,
         steps,
@@ -127,8 +129,8 @@ def run(smoke: bool) -> dict:
 
         variants = {}
         for k in ks:
-            variants[f"ours K={k}"] = our_step(k)
-            variants[f"TRL K={k}"] = their_step(k)
+            variants[f"ours K={k}"] = reported(f"ours K={k}", our_step(k))
+            variants[f"TRL K={k}"] = reported(f"TRL K={k}", their_step(k))
         # The profiled memory step of each variant is also its warm-up.
         memory = {name: measure_memory(name, fn, theirs) for name, fn in variants.items()}
         name = "ours checkpoint_blocks K=1"
@@ -150,6 +152,17 @@ def run(smoke: bool) -> dict:
         "versions": versions(),
     }
     return result
+
+
+def reported(name: str, fn):
+    """`fn`, printing each call's seconds to stderr (a long run shows its progress)."""
+
+    def call() -> None:
+        start = time.perf_counter()
+        fn()
+        print(f"[trl_peer] {name}: {time.perf_counter() - start:.2f} s", file=sys.stderr)
+
+    return call
 
 
 def measure_memory(name: str, fn, trainer) -> dict:
