@@ -59,13 +59,16 @@ def sampling_modules(resolution: int, steps: int, compiled) -> dict:
     from diffusers.models.attention_processor import AttnProcessor
 
     modules = {
-        "default (one UNet batch, SDPA, LoRA merged)": build_module(resolution, steps),
+        "default (one UNet batch, SDPA, LoRA merged, first attention shared)": build_module(
+            resolution, steps
+        ),
         "cond and uncond as two UNet calls": build_module(resolution, steps),
         "classic attention (no SDPA)": build_module(resolution, steps),
         "channels_last": build_module(resolution, steps, channels_last=True),
         "merge_lora_without_grad=False": build_module(
             resolution, steps, merge_lora_without_grad=False
         ),
+        "share_first_attention=False": build_module(resolution, steps, share_first_attention=False),
     }
     two = modules["cond and uncond as two UNet calls"].sampler
     two.guided = separate_calls(two)
@@ -80,6 +83,7 @@ def step_times(resolution, steps, batch, estimator, rounds, compiled=None) -> di
     options = {
         "default": {},
         "merge_lora_without_grad=False": {"merge_lora_without_grad": False},
+        "share_first_attention=False": {"share_first_attention": False},
         "checkpoint_blocks": {"checkpoint_blocks": True},
         "channels_last": {"channels_last": True},
     }
@@ -148,7 +152,7 @@ def run(smoke: bool = False, compile_unet: bool = True) -> Section:
         for name, m in modules.items()
     }
     sampling = alternate(fns, rounds, warmup=1)
-    base = "default (one UNet batch, SDPA, LoRA merged)"
+    base = "default (one UNet batch, SDPA, LoRA merged, first attention shared)"
     rows = [
         [name, fmt_ratio(ratio(sampling, name, base)), f"{min(t):.2f}"]
         for name, t in sampling.items()

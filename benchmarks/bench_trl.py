@@ -104,8 +104,10 @@ def render(result: dict) -> str:
         rows,
     )
     versions = ", ".join(f"{k} {v}" for k, v in result["versions"].items())
+    body = f"Commit measured: {result.get('commit', 'unknown')}.\n\n" + body
+    threads = result.get("threads", "")
     body += (
-        f"\n\nBoth in one process of benchmarks/.venv-trl ({versions}), steps alternating,"
+        f"\n\nBoth in one process{threads} of benchmarks/.venv-trl ({versions}), steps alternating,"
         f" {result['rounds']} timed rounds after a profiled warm-up step (memory):"
         f" {result['resolution']} px, batch"
         f" {result['batch']}, {result['steps']} DDIM steps, eta 0, guidance 7.5, fp32, LoRA"
@@ -113,7 +115,12 @@ def render(result: dict) -> str:
         " adapter), the same brightness reward, AdamW + clipping at 1.0 on both sides. TRL:"
         " `truncated_backprop_rand=False`, `truncated_backprop_timestep = steps - K`,"
         " `save_freq` 1e9, timed through its public `AlignPropTrainer.step`; ours: the hand"
-        " step of table 1 with DraftK(K). `activations` = storages saved by autograd and alive"
+        " step of table 1 with DraftK(K) and the options the shipped GPU configs set ("
+        + ", ".join(f"{k}={v}" for k, v in result.get("ours_options", {}).items())
+        + "; the LoRA merged into the base weights for the no-grad steps and"
+        " share_first_attention are defaults), its first step (which compiles, once per"
+        f" process) taken before the rest and not timed: {result.get('first_step_seconds', 0):.0f}"
+        " s. `activations` = storages saved by autograd and alive"
         " when backward starts; `step peak` = peak tensor bytes allocated above the level at"
         " the step's start (weights excluded; the same model on both sides). Memory is"
         " measured on the first step of each variant, under the profiler; the timed rounds"

@@ -78,6 +78,17 @@ def machine() -> dict[str, str]:
     }
 
 
+def commit() -> str:
+    """The measured code's short commit hash, marked `-dirty` with uncommitted changes."""
+    out = subprocess.run(
+        ["git", "describe", "--always", "--dirty=-dirty", "--abbrev=7"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip() or "unknown (not a git checkout)"
+
+
 HEAVY = ("pytest", "lightning fit", "bench")
 
 

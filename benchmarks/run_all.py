@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -144,6 +145,12 @@ def main() -> None:
         start = time.perf_counter()
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         section = benchmarks()[name][1](args.smoke)
+        if not section.command:  # as run: the thread count is part of the command
+            threads = os.environ.get("OMP_NUM_THREADS", "unset")
+            section.command = (
+                f"OMP_NUM_THREADS={threads} "
+                + COMMAND.format(benchmarks()[name][0]).split(" ", 1)[1]
+            )
         section.data["_seconds"] = time.perf_counter() - start
         section.data["_quiet"] = [before, wait_until_quiet(0) if timed else "untimed"]
         section.data["_date"] = machine()["date"]
@@ -153,13 +160,57 @@ def main() -> None:
     if args.smoke:
         print(render(sections, facts, quiet))
         return
+    out = args.out or DOC
+    if args.only and not LAST_RUN.exists() and out.exists():
+        # No saved run to re-render the other tables from: replace only these sections (and
+        # their target rows) in the page as it is.
+        write_atomic(out, splice(out.read_text(), sections))
+        print(f"[bench] replaced {', '.join(sections)} in {out}", file=sys.stderr)
+        return
     if args.only and LAST_RUN.exists():  # keep the other tables of the last run
         previous, facts, quiet = load_run()
         sections = previous | sections
     save_run(sections, facts, quiet)
-    out = args.out or DOC
     write_atomic(out, render(sections, facts, quiet))
     print(f"[bench] wrote {out}", file=sys.stderr)
+
+
+# How each section's rows in the targets table are recognised (to replace them in place).
+TARGET_ROWS = {
+    "parts": "sum of its parts",
+    "memory": "checkpointed peak memory",
+    "trl": "TRL",
+    "sampler": "diffusers pipeline",
+}
+
+
+def splice(page: str, sections: dict[str, Section]) -> str:
+    """`page` (a rendered docs/benchmarks.md) with each of `sections` rendered anew in place
+    of its old `## <number>.` block, its rows of the targets table replaced, and the notes
+    under the targets (from `### ` to the next section) taken from benchmarks/notes.md."""
+    notes = NOTES.read_text().strip() if NOTES.exists() else ""
+    head, rest = page.split("\n### ", 1)
+    page = head + "\n" + notes + "\n\n## " + rest.split("\n## ", 1)[1]
+    blocks = render(sections, {}, ("", "")).split("\n## ")[1:]
+    new_rows = targets(sections).splitlines()[2:]
+    for name, block in zip(sections, blocks[1:], strict=True):  # blocks[0]: the targets
+        number = block.split(".", 1)[0]
+        parts = page.split("\n## ")
+        index = next(i for i, part in enumerate(parts) if part.startswith(f"{number}. "))
+        parts[index] = block.rstrip("\n") + "\n"
+        page = "\n## ".join(parts)
+        marker = TARGET_ROWS.get(name)
+        if marker is None:
+            continue
+        lines = page.split("\n")
+        start = lines.index("## Targets")
+        end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("#"))
+        old = [i for i in range(start, end) if lines[i].startswith("| ") and marker in lines[i]]
+        if old:
+            mine = [row for row in new_rows if marker in row]
+            lines[old[0] : old[-1] + 1] = mine
+            page = "\n".join(lines)
+    return page
 
 
 if __name__ == "__main__":

@@ -77,8 +77,18 @@ class RewardFineTuningModule(LightningModule):
             merged (docs/benchmarks.md). None (default) means on for float32 frozen weights
             and off otherwise: in bf16/fp16 the merged update would be rounded to that
             precision, losing small LoRA updates in the prefix.
-        compile_unet: run the denoiser calls made without gradient through torch.compile (the
-            first one compiles: tens of seconds on a CPU; pays off only over long runs).
+        compile_unet: run the denoiser calls made without gradient (the steps before the
+            gradient window, validation, predict) through torch.compile; calls with gradient
+            stay eager. The first such call compiles, once per process and batch shape (15-55
+            s for the tiny model on a quiet 2-core CPU, more under load; the updated LoRA is an
+            input of the compiled graph, so training steps never recompile). Same results
+            within float tolerance (tests/samplers/test_compiled_calls.py). On in the shipped
+            GPU configs, off in the CPU overlays; not used under the sharded strategy.
+        share_first_attention: in a guided call (unconditional and conditional rows in one
+            batch, the same latents), compute the UNet's first self-attention once for both
+            halves: the text reaches a SD 1.x/2.x UNet only through cross-attention, so the
+            two halves are the same numbers up to there (models/guided_halves.py). Exact;
+            about 13% of a UNet call on the tiny model. Other families ignore it.
         channels_last: keep the denoiser's weights in channels_last memory format (faster
             convolutions on some hardware; measured in docs/benchmarks.md).
         offload_text_encoders: keep the frozen text encoders on the CPU between batches and
@@ -127,6 +137,7 @@ class RewardFineTuningModule(LightningModule):
         checkpoint_blocks: bool | None = None,
         merge_lora_without_grad: bool | None = None,
         compile_unet: bool = False,
+        share_first_attention: bool = True,
         channels_last: bool = False,
         offload_text_encoders: bool = False,
         frozen_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
@@ -164,6 +175,7 @@ class RewardFineTuningModule(LightningModule):
             checkpoint_blocks=checkpoint_blocks,
             merge_lora_without_grad=merge_lora_without_grad,
             compile_denoiser=compile_unet,
+            share_first_attention=share_first_attention,
             channels_last=channels_last,
             offload_text_encoders=offload_text_encoders,
             prompt_embedding_cache=prompt_embedding_cache,
@@ -226,6 +238,8 @@ class RewardFineTuningModule(LightningModule):
     def shard(self, mesh) -> None:
         """Shard across `mesh` (a 1-D device mesh of the data-parallel ranks); see
         models/sharding.py. Every trainable weight must end up sharded."""
+        if self.pipeline.sampler.compiled is not None:
+            rank_zero_info("compile_unet: not used under the sharded strategy (eager calls)")
         self.pipeline.shard(mesh, self.sharding)
         if self.sharding.reward == "shard" and not is_sharded(self.reward):
             shard_module(self.reward, mesh, forward_methods=("score", "image_features"))

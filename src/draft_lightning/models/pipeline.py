@@ -20,6 +20,7 @@ from draft_lightning.errors import ConfigError
 from draft_lightning.models import lora
 from draft_lightning.models.families import check_options, family_of
 from draft_lightning.models.families.base import ModelFamily, frozen
+from draft_lightning.models.guided_halves import share_first_attention
 from draft_lightning.models.loading import resolve_pretrained, resolve_vae
 from draft_lightning.models.prompt_cache import (
     CachedPromptEncoder,
@@ -47,6 +48,7 @@ class PipelineOptions:
     checkpoint_blocks: bool | None = None  # None: on once sharded, else off
     merge_lora_without_grad: bool | None = None
     compile_denoiser: bool = False
+    share_first_attention: bool = True
     channels_last: bool = False
     offload_text_encoders: bool = False
     prompt_embedding_cache: str | None = None
@@ -152,8 +154,9 @@ class Pipeline(nn.Module):
                 "merge_lora_without_grad=True cannot be used with a sharded model (the LoRA "
                 "update cannot be folded into weight shards): leave it null"
             )
-        if self.options.compile_denoiser:
-            raise ConfigError("compile_unet=True is not supported with a sharded model")
+        # The shipped GPU configs set compile_unet and docs/sharding.md runs any config
+        # sharded: compiling FSDP2-wrapped blocks is untested, so those calls run eagerly.
+        self.sampler.compiled = None
         self.sampler.no_grad_context = None  # unmerged LoRA in the no-grad steps
         if self.options.checkpoint_blocks is None:
             self.enable_block_checkpointing()
@@ -262,6 +265,8 @@ def load_pipeline(
     vae = frozen(family.load_vae(folder, torch.float32 if upcast_vae else dtype, vae_folder))
     denoiser = frozen(family.load_denoiser(folder, dtype))
     lora.attach_lora(denoiser, lora_settings, targets)
+    if options.share_first_attention:
+        share_first_attention(denoiser)  # SD 1.x/2.x UNets only; others are left as they are
     merge = options.merge_lora_without_grad
     if merge is None:
         merge = options.frozen_dtype == "float32"

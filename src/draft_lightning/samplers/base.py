@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from draft_lightning.models.guided_halves import halves_repeated
 from draft_lightning.randomness import StepRandomness
 from draft_lightning.samplers.conditioning import Conditioning
 from draft_lightning.samplers.settings import SamplingSettings
@@ -189,9 +190,10 @@ class Sampler(ABC):
             return self.call(denoiser, latents, timestep, text.cond)
         if timestep.dim() == 1:  # one per row: the uncond rows take the same ones
             timestep = torch.cat([timestep, timestep])
-        both = self.call(
-            denoiser, torch.cat([latents, latents]), timestep, text.with_uncond_first()
-        )
+        with halves_repeated(self.denoiser):  # uncond and cond rows share the latents
+            both = self.call(
+                denoiser, torch.cat([latents, latents]), timestep, text.with_uncond_first()
+            )
         out_uncond, out_cond = both.chunk(2)
         return out_uncond + self.settings.guidance_scale * (out_cond - out_uncond)
 

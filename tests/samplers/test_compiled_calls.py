@@ -1,0 +1,76 @@
+"""compile_unet (samplers/base.py): the denoiser calls made without gradient run through
+torch.compile (inductor, which needs a C compiler on the CPU). Same images and the same LoRA
+gradient as eager, the LoRA unmerged after each step, and one compile for the whole run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_module
+
+
+def same_adapter(source, target) -> None:
+    with torch.no_grad():
+        for mine, theirs in zip(
+            target.trainable_parameters(), source.trainable_parameters(), strict=True
+        ):
+            mine.copy_(theirs)
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_sd):
+    from draft_lightning.estimators import DraftK
+
+    compiled = make_module(estimator=DraftK(2), compile_unet=True)
+    eager = make_module(estimator=DraftK(2))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a non-identity adapter, so merging it changes the weights
+        for p in compiled.trainable_parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * 0.05)
+    same_adapter(compiled, eager)
+    return compiled, eager
+
+
+def lora_layers(module) -> list:
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in module.pipeline.denoiser.modules() if isinstance(m, LoraLayer)]
+
+
+def test_training_steps_match_eager_and_compile_once(pair):
+    from torch._dynamo.utils import counters
+
+    compiled, eager = pair
+    frozen = {
+        n: p.detach().clone()
+        for n, p in compiled.pipeline.denoiser.named_parameters()
+        if not p.requires_grad
+    }
+    graphs_before = counters["stats"]["unique_graphs"]
+    optimizers = [torch.optim.SGD(m.trainable_parameters(), lr=0.5) for m in pair]
+    for _ in range(2):  # the second step runs on an adapter the first one changed
+        grads = []
+        for module, optimizer in zip(pair, optimizers, strict=True):
+            loss = module.training_step({"prompts": ["a cat", "a dog"]}, 0)
+            loss.backward()
+            grads.append([p.grad.clone() for p in module.trainable_parameters()])
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        assert any(g.abs().max() > 0 for g in grads[1])
+        for got, want in zip(*grads, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-7)
+        # After the step the LoRA is unmerged and the frozen weights are the original ones.
+        assert not any(layer.merged for layer in lora_layers(compiled))
+        for name, param in compiled.pipeline.denoiser.named_parameters():
+            if name in frozen:
+                assert torch.equal(param, frozen[name]), name
+    # The updated adapter reaches the compiled calls as inputs: nothing recompiles.
+    assert counters["stats"]["unique_graphs"] - graphs_before == 1
+
+
+def test_sampled_images_match_eager(pair):
+    compiled, eager = pair
+    images = compiled.generate(["a cat", "a dog"], [1, 2])
+    torch.testing.assert_close(
+        images, eager.generate(["a cat", "a dog"], [1, 2]), atol=1e-4, rtol=0
+    )
