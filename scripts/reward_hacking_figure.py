@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from fnmatch import fnmatch
 from pathlib import Path
 
 import torch
@@ -21,22 +22,23 @@ from PIL import Image, ImageDraw, ImageFont
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
-TAGS = ("val/reward", "val/heldout/judge_shape_circle", "val/diversity", "val/hacking")
+TAGS = ("val/reward", "val/heldout/*", "val/diversity", "val/hacking", "val/guarded_reward")
+# What each image is scored by in the picture: the training reward, and the judge on the
+# reward's question and on the caption's other attributes (configs/toy.yaml's held-out rewards).
+CAPTIONED = ("colour", "background", "size", "position")
 
 
 def curves(run: Path) -> dict[str, dict[int, float]]:
-    events = EventAccumulator(str(run))
+    """The validation scalars of TAGS ("val/heldout/*": every held-out reward), in order."""
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
     events.Reload()
     found = events.Tags()["scalars"]
-    return {
-        tag: {e.step: e.value for e in events.Scalars(tag)}
-        for tag in (*TAGS, "val/guarded_reward")
-        if tag in found
-    }
+    tags = [t for pattern in TAGS for t in sorted(found) if fnmatch(t, pattern)]
+    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in tags}
 
 
 def table(values: dict[str, dict[int, float]]) -> str:
-    tags = [t for t in (*TAGS, "val/guarded_reward") if t in values]
+    tags = list(values)
     lines = ["| step | " + " | ".join(f"`{t}`" for t in tags) + " |"]
     lines.append("|---" * (len(tags) + 1) + "|")
     for step in sorted(values["val/reward"]):
@@ -51,7 +53,9 @@ def table(values: dict[str, dict[int, float]]) -> str:
 
 def draw(run: Path, rows: list[tuple[str, int | None, float]], out: Path, scale: int = 3) -> None:
     """One row per (label, adapter step or None for the base model, LoRA strength): 8
-    training captions, seed 0, each image under its reward and judge scores."""
+    training captions, seed 0, each image under its scores: reward / judge on the reward's
+    question (circle) / judge's agreement with the caption's other attributes (the mean of
+    its probabilities for the captioned colour, background, size and position)."""
     from draft_lightning.module import DraftModule
     from draft_lightning.samplers.settings import SamplingSettings
     from draft_lightning.toy.judge import ToyJudgeReward
@@ -61,6 +65,7 @@ def draw(run: Path, rows: list[tuple[str, int | None, float]], out: Path, scale:
     prompts = config["data"]["train_prompts"]
     reward = ToyAttributeReward("shape", "circle", temperature=10.0)
     judge = ToyJudgeReward("shape", "circle")
+    captioned = [ToyJudgeReward(attribute, "caption") for attribute in CAPTIONED]
     module = DraftModule(
         reward=reward,
         pretrained_model="toy:sd",
@@ -86,14 +91,18 @@ def draw(run: Path, rows: list[tuple[str, int | None, float]], out: Path, scale:
         with torch.no_grad():
             scores = reward(images, prompts)
             judged = judge(images, prompts)
-        circles = float(judge.verdicts(images).float().mean())
-        print(f"{label}: reward {scores.mean():.3f}, judge {judged.mean():.3f}, "
-              f"judged circles {circles:.2f}")  # fmt: skip
+            agreement = torch.stack([j(images, prompts) for j in captioned]).mean(dim=0)
+            as_captioned = torch.stack([j.verdicts(images, prompts) for j in captioned]).all(0)
+        circles = float(judge.verdicts(images, prompts).float().mean())
+        print(f"{label}: reward {scores.mean():.3f}, judge circle {judged.mean():.3f} "
+              f"(judged circles {circles:.2f}), judge caption agreement {agreement.mean():.3f} "
+              f"(colour, background, size, position all as captioned "
+              f"{as_captioned.float().mean():.2f})")  # fmt: skip
         top = row * (cell + label_height)
         pen.text((4, top + cell // 2 - 16), label, fill="black", font=font)
         pen.text(
             (4, top + cell // 2),
-            f"reward {scores.mean():.2f}, judge {judged.mean():.2f}",
+            f"{scores.mean():.2f} / {judged.mean():.2f} / {agreement.mean():.2f}",
             fill="black",
             font=font,
         )
@@ -103,7 +112,7 @@ def draw(run: Path, rows: list[tuple[str, int | None, float]], out: Path, scale:
             sheet.paste(picture, (left + column * cell, top))
             pen.text(
                 (left + column * cell + 2, top + cell + 2),
-                f"{scores[column]:.2f}/{judged[column]:.2f}",
+                f"{scores[column]:.2f}/{judged[column]:.2f}/{agreement[column]:.2f}",
                 fill="black",
                 font=font,
             )
