@@ -22,7 +22,14 @@ from PIL import Image, ImageDraw, ImageFont
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
-TAGS = ("val/reward", "val/heldout/*", "val/diversity", "val/hacking", "val/guarded_reward")
+TAGS = (
+    "val/reward",
+    "val/heldout/judge_shape_circle",
+    "val/heldout/*",
+    "val/diversity",
+    "val/hacking",
+    "val/guarded_reward",
+)
 # What each image is scored by in the picture: the training reward, and the judge on the
 # reward's question and on the caption's other attributes (configs/toy.yaml's held-out rewards).
 CAPTIONED = ("colour", "background", "size", "position")
@@ -34,6 +41,7 @@ def curves(run: Path) -> dict[str, dict[int, float]]:
     events.Reload()
     found = events.Tags()["scalars"]
     tags = [t for pattern in TAGS for t in sorted(found) if fnmatch(t, pattern)]
+    tags = list(dict.fromkeys(tags))  # each once, in the order of TAGS
     return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in tags}
 
 
@@ -45,14 +53,14 @@ def table(values: dict[str, dict[int, float]]) -> str:
         cells = []
         for tag in tags:
             value = values[tag].get(step, math.nan)
-            cells.append("flagged" if tag == "val/guarded_reward" and math.isnan(value) else
+            cells.append("diverging" if tag == "val/guarded_reward" and math.isnan(value) else
                          f"{value:.0f}" if tag == "val/hacking" else f"{value:.3f}")  # fmt: skip
         lines.append(f"| {step} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def draw(run: Path, rows: list[tuple[str, int | None, float]], out: Path, scale: int = 3) -> None:
-    """One row per (label, adapter step or None for the base model, LoRA strength): 8
+def draw(rows: list[tuple[str, Path | None, float]], out: Path, scale: int = 3) -> None:
+    """One row per (label, exported adapter folder or None for the base model, LoRA strength): 8
     training captions, seed 0, each image under its scores: reward / judge on the reward's
     question (circle) / judge's agreement with the caption's other attributes (the mean of
     its probabilities for the captioned colour, background, size and position)."""
@@ -77,16 +85,15 @@ def draw(run: Path, rows: list[tuple[str, int | None, float]], out: Path, scale:
         "RGB", (left + cell * len(prompts), len(rows) * (cell + label_height)), "white"
     )
     pen = ImageDraw.Draw(sheet)
-    loaded = set()
-    for row, (label, step, strength) in enumerate(rows):
-        if step is None:
+    loaded: dict[Path, str] = {}
+    for row, (label, adapter, strength) in enumerate(rows):
+        if adapter is None:
             module.pipeline.use_adapters(["default"], [0.0])  # the base model exactly
         else:
-            name = f"step_{step}"
-            if name not in loaded:
-                module.pipeline.load_lora(run / "lora" / f"step={step}", adapter_name=name)
-                loaded.add(name)
-            module.pipeline.use_adapters([name], [strength])
+            if adapter not in loaded:
+                loaded[adapter] = f"adapter_{len(loaded)}"
+                module.pipeline.load_lora(adapter, adapter_name=loaded[adapter])
+            module.pipeline.use_adapters([loaded[adapter]], [strength])
         images = module.generate(prompts, [0] * len(prompts))
         with torch.no_grad():
             scores = reward(images, prompts)
@@ -128,6 +135,10 @@ def main() -> None:
         "--strengths", type=float, nargs="*", default=[], help="also draw the plain rule's "
         "adapter at these LoRA strengths (the paper's LoRA scaling)",
     )  # fmt: skip
+    parser.add_argument(
+        "--also", type=Path, nargs="*", default=[], help="other toy runs (e.g. DRaFT+) whose "
+        "guarded selection (lora/best) to draw too",
+    )  # fmt: skip
     args = parser.parse_args()
     values = curves(args.run)
     print(table(values))
@@ -137,13 +148,23 @@ def main() -> None:
     plain = max(rewards, key=rewards.get)  # what best_checkpoint.monitor: val/reward keeps
     flagged = [s for s, v in values.get("val/hacking", {}).items() if v == 1]
     print(f"selected (guarded rule): step {selected}; plain rule: step {plain}; flagged: {flagged}")
-    rows = [("before: base model", None, 0.0)]
+    lora = args.run / "lora"
+    rows: list[tuple[str, Path | None, float]] = [("before: base model", None, 0.0)]
     if selected is not None:
-        rows.append((f"selected: step {selected} (guarded)", selected, 1.0))
+        rows.append((f"selected: step {selected} (guarded)", lora / f"step={selected}", 1.0))
     if plain != selected:
-        rows.append((f"hacked: step {plain} (plain rule)", plain, 1.0))
-    rows += [(f"step {plain} at LoRA strength {s:g}", plain, s) for s in args.strengths]
-    draw(args.run, rows, args.out)
+        rows.append((f"hacked: step {plain} (plain rule)", lora / f"step={plain}", 1.0))
+    rows += [
+        (f"step {plain} at LoRA strength {s:g}", lora / f"step={plain}", s) for s in args.strengths
+    ]
+    for other in args.also:
+        model = yaml.safe_load((other / "config.yaml").read_text())["model"]
+        kl = model.get("init_args", model).get("kl_coeff", 0.0)
+        best = sorted((other / "checkpoints").glob("best-step=*.ckpt"))
+        if best:
+            step = int(best[-1].name.split("-")[1].removeprefix("step="))
+            rows.append((f"kl {kl:g}: step {step} (guarded)", other / "lora" / f"step={step}", 1.0))
+    draw(rows, args.out)
     print(f"wrote {args.out}")
 
 
