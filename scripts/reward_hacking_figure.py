@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from fnmatch import fnmatch
 from pathlib import Path
 
 import torch
@@ -21,37 +22,48 @@ from PIL import Image, ImageDraw, ImageFont
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
-TAGS = ("val/reward", "val/heldout/judge_shape_circle", "val/diversity", "val/hacking")
+TAGS = (
+    "val/reward",
+    "val/heldout/judge_shape_circle",
+    "val/heldout/*",
+    "val/diversity",
+    "val/hacking",
+    "val/guarded_reward",
+)
+# What each image is scored by in the picture: the training reward, and the judge on the
+# reward's question and on the caption's other attributes (configs/toy.yaml's held-out rewards).
+CAPTIONED = ("colour", "background", "size", "position")
 
 
 def curves(run: Path) -> dict[str, dict[int, float]]:
-    events = EventAccumulator(str(run))
+    """The validation scalars of TAGS ("val/heldout/*": every held-out reward), in order."""
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
     events.Reload()
     found = events.Tags()["scalars"]
-    return {
-        tag: {e.step: e.value for e in events.Scalars(tag)}
-        for tag in (*TAGS, "val/guarded_reward")
-        if tag in found
-    }
+    tags = [t for pattern in TAGS for t in sorted(found) if fnmatch(t, pattern)]
+    tags = list(dict.fromkeys(tags))  # each once, in the order of TAGS
+    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in tags}
 
 
 def table(values: dict[str, dict[int, float]]) -> str:
-    tags = [t for t in (*TAGS, "val/guarded_reward") if t in values]
+    tags = list(values)
     lines = ["| step | " + " | ".join(f"`{t}`" for t in tags) + " |"]
     lines.append("|---" * (len(tags) + 1) + "|")
     for step in sorted(values["val/reward"]):
         cells = []
         for tag in tags:
             value = values[tag].get(step, math.nan)
-            cells.append("flagged" if tag == "val/guarded_reward" and math.isnan(value) else
+            cells.append("diverging" if tag == "val/guarded_reward" and math.isnan(value) else
                          f"{value:.0f}" if tag == "val/hacking" else f"{value:.3f}")  # fmt: skip
         lines.append(f"| {step} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def draw(run: Path, rows: list[tuple[str, int | None, float]], out: Path, scale: int = 3) -> None:
-    """One row per (label, adapter step or None for the base model, LoRA strength): 8
-    training captions, seed 0, each image under its reward and judge scores."""
+def draw(rows: list[tuple[str, Path | None, float]], out: Path, scale: int = 3) -> None:
+    """One row per (label, exported adapter folder or None for the base model, LoRA strength): 8
+    training captions, seed 0, each image under its scores: reward / judge on the reward's
+    question (circle) / judge's agreement with the caption's other attributes (the mean of
+    its probabilities for the captioned colour, background, size and position)."""
     from draft_lightning.module import DraftModule
     from draft_lightning.samplers.settings import SamplingSettings
     from draft_lightning.toy.judge import ToyJudgeReward
@@ -61,6 +73,7 @@ def draw(run: Path, rows: list[tuple[str, int | None, float]], out: Path, scale:
     prompts = config["data"]["train_prompts"]
     reward = ToyAttributeReward("shape", "circle", temperature=10.0)
     judge = ToyJudgeReward("shape", "circle")
+    captioned = [ToyJudgeReward(attribute, "caption") for attribute in CAPTIONED]
     module = DraftModule(
         reward=reward,
         pretrained_model="toy:sd",
@@ -72,28 +85,31 @@ def draw(run: Path, rows: list[tuple[str, int | None, float]], out: Path, scale:
         "RGB", (left + cell * len(prompts), len(rows) * (cell + label_height)), "white"
     )
     pen = ImageDraw.Draw(sheet)
-    loaded = set()
-    for row, (label, step, strength) in enumerate(rows):
-        if step is None:
+    loaded: dict[Path, str] = {}
+    for row, (label, adapter, strength) in enumerate(rows):
+        if adapter is None:
             module.pipeline.use_adapters(["default"], [0.0])  # the base model exactly
         else:
-            name = f"step_{step}"
-            if name not in loaded:
-                module.pipeline.load_lora(run / "lora" / f"step={step}", adapter_name=name)
-                loaded.add(name)
-            module.pipeline.use_adapters([name], [strength])
+            if adapter not in loaded:
+                loaded[adapter] = f"adapter_{len(loaded)}"
+                module.pipeline.load_lora(adapter, adapter_name=loaded[adapter])
+            module.pipeline.use_adapters([loaded[adapter]], [strength])
         images = module.generate(prompts, [0] * len(prompts))
         with torch.no_grad():
             scores = reward(images, prompts)
             judged = judge(images, prompts)
-        circles = float(judge.verdicts(images).float().mean())
-        print(f"{label}: reward {scores.mean():.3f}, judge {judged.mean():.3f}, "
-              f"judged circles {circles:.2f}")  # fmt: skip
+            agreement = torch.stack([j(images, prompts) for j in captioned]).mean(dim=0)
+            as_captioned = torch.stack([j.verdicts(images, prompts) for j in captioned]).all(0)
+        circles = float(judge.verdicts(images, prompts).float().mean())
+        print(f"{label}: reward {scores.mean():.3f}, judge circle {judged.mean():.3f} "
+              f"(judged circles {circles:.2f}), judge caption agreement {agreement.mean():.3f} "
+              f"(colour, background, size, position all as captioned "
+              f"{as_captioned.float().mean():.2f})")  # fmt: skip
         top = row * (cell + label_height)
         pen.text((4, top + cell // 2 - 16), label, fill="black", font=font)
         pen.text(
             (4, top + cell // 2),
-            f"reward {scores.mean():.2f}, judge {judged.mean():.2f}",
+            f"{scores.mean():.2f} / {judged.mean():.2f} / {agreement.mean():.2f}",
             fill="black",
             font=font,
         )
@@ -103,7 +119,7 @@ def draw(run: Path, rows: list[tuple[str, int | None, float]], out: Path, scale:
             sheet.paste(picture, (left + column * cell, top))
             pen.text(
                 (left + column * cell + 2, top + cell + 2),
-                f"{scores[column]:.2f}/{judged[column]:.2f}",
+                f"{scores[column]:.2f}/{judged[column]:.2f}/{agreement[column]:.2f}",
                 fill="black",
                 font=font,
             )
@@ -119,6 +135,10 @@ def main() -> None:
         "--strengths", type=float, nargs="*", default=[], help="also draw the plain rule's "
         "adapter at these LoRA strengths (the paper's LoRA scaling)",
     )  # fmt: skip
+    parser.add_argument(
+        "--also", type=Path, nargs="*", default=[], help="other toy runs (e.g. DRaFT+) whose "
+        "guarded selection (lora/best) to draw too",
+    )  # fmt: skip
     args = parser.parse_args()
     values = curves(args.run)
     print(table(values))
@@ -128,13 +148,23 @@ def main() -> None:
     plain = max(rewards, key=rewards.get)  # what best_checkpoint.monitor: val/reward keeps
     flagged = [s for s, v in values.get("val/hacking", {}).items() if v == 1]
     print(f"selected (guarded rule): step {selected}; plain rule: step {plain}; flagged: {flagged}")
-    rows = [("before: base model", None, 0.0)]
+    lora = args.run / "lora"
+    rows: list[tuple[str, Path | None, float]] = [("before: base model", None, 0.0)]
     if selected is not None:
-        rows.append((f"selected: step {selected} (guarded)", selected, 1.0))
+        rows.append((f"selected: step {selected} (guarded)", lora / f"step={selected}", 1.0))
     if plain != selected:
-        rows.append((f"hacked: step {plain} (plain rule)", plain, 1.0))
-    rows += [(f"step {plain} at LoRA strength {s:g}", plain, s) for s in args.strengths]
-    draw(args.run, rows, args.out)
+        rows.append((f"hacked: step {plain} (plain rule)", lora / f"step={plain}", 1.0))
+    rows += [
+        (f"step {plain} at LoRA strength {s:g}", lora / f"step={plain}", s) for s in args.strengths
+    ]
+    for other in args.also:
+        model = yaml.safe_load((other / "config.yaml").read_text())["model"]
+        kl = model.get("init_args", model).get("kl_coeff", 0.0)
+        best = sorted((other / "checkpoints").glob("best-step=*.ckpt"))
+        if best:
+            step = int(best[-1].name.split("-")[1].removeprefix("step="))
+            rows.append((f"kl {kl:g}: step {step} (guarded)", other / "lora" / f"step={step}", 1.0))
+    draw(rows, args.out)
     print(f"wrote {args.out}")
 
 

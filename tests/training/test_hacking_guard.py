@@ -1,39 +1,29 @@
 """The hacking guard, held-out rewards and the best checkpoint, on a reward that is
 gameable by construction: brightness (trained) rises without bound, while a held-out
-"exposure" judge prefers a mean luma of TARGET, so it rises with brightness at first and
-falls once training overshoots it; the base tiny model's images sit below TARGET."""
+"exposure" judge (plugins/heldout.py) prefers a mean luma just above the base tiny model's,
+so it rises with brightness at first and falls once training overshoots it."""
 
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
-from conftest import make_module
+from conftest import ROOT, make_module
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning_runs import CONFIGS, lightning_fit
+from plugins.heldout import Exposure
 from safetensors.torch import load_file
 
 from draft_lightning.data import PromptDataModule
-from draft_lightning.rewards import Brightness, Reward
-from draft_lightning.rewards.pixel import luma
+from draft_lightning.rewards import Brightness
 from draft_lightning.training.best_checkpoint import BestCheckpoint
 from draft_lightning.training.hacking_guard import GUARDED_TAG, HackingGuard
 from draft_lightning.training.lora_export import LoraExport
 
-TARGET = 0.52  # the tiny model's base images have mean luma ~0.48
 EVERY = 2  # optimiser steps between validations
-
-
-class Exposure(Reward):
-    """Held-out judge: how close each image's mean luma is to `target` (0 is best)."""
-
-    def __init__(self, target: float = TARGET, name: str = "exposure") -> None:
-        super().__init__(name)
-        self.target = target
-
-    def forward(self, images, prompts):
-        return -(luma(images.float()).flatten(1).mean(1) - self.target).abs()
 
 
 class LearnedExposure(Exposure):
@@ -194,6 +184,38 @@ def test_stop_writes_a_checkpoint_that_resumes_with_the_guards_history(tiny_sd, 
     )
     # Still flagged after the resume, but the episode was already announced: no second stop.
     assert resumed_guard.flagged_steps[-1] == stopped_at + 2 * EVERY
+
+
+def test_stop_from_the_command_line_ends_the_run_at_the_flag_with_last_ckpt(tiny_sd, tmp_path):
+    """`action: stop` as a user meets it: `lightning fit` with the guard set in the CLI."""
+    result = lightning_fit(
+        [CONFIGS / "draft_lv.yaml", CONFIGS / "cpu_tiny.yaml"],
+        [
+            "--trainer.max_steps", "16",
+            "--trainer.val_check_interval", str(EVERY),
+            "--trainer.limit_val_batches", "1.0",
+            "--trainer.num_sanity_val_steps", "-1",
+            "--checkpoint.every_n_train_steps", "100",
+            "--model.estimator", "draft_lightning.estimators.DraftK",
+            "--model.heldout_rewards", '[{"class_path": "plugins.heldout.Exposure"}]',
+            "--hacking_guard.action", "stop",
+            "--hacking_guard.patience", "1",
+            "--hacking_guard.watch_diversity", "false",
+        ],
+        tmp_path,
+        pythonpath=ROOT / "tests",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    flagged = re.findall(
+        r"hacking_guard: reward hacking suspected at step (\d+): .*stopping; last\.ckpt resumes",
+        result.stdout + result.stderr,
+    )
+    assert len(flagged) == 1, (result.stdout + result.stderr)[-3000:]
+    stopped_at = int(flagged[0])
+    assert 0 < stopped_at < 16
+    (last,) = tmp_path.glob("logs/**/last.ckpt")
+    saved = torch.load(last, weights_only=True)
+    assert saved["global_step"] == stopped_at  # the run ended at the flag, not at max_steps
 
 
 def test_held_out_rewards_never_receive_gradient(tiny_sd, tmp_path):
