@@ -4,9 +4,10 @@ PromptDataModule (fit, validate, test, predict).
 A refused configuration prints exactly one line, `error: <message>`, and exits with status 2:
 a bad value (ConfigError), weights that cannot be found (ModelUnavailableError), a Trainer
 setting Lightning refuses, or a value jsonargparse cannot parse (without its usage dump).
-So does a run the non-finite guard stopped. A run stopped by SIGTERM or SIGINT prints one
-line saying how to resume and exits 143 or 130 (training/stop_signals.py). Anything else is
-a bug and keeps its traceback.
+So does a run the non-finite guard stopped. A run stopped by SIGTERM or SIGINT, at any point
+of the command, prints one line saying how to resume and exits 143 or 130
+(training/stop_signals.py). `fit --ckpt_path` of a complete run says there is nothing left
+to do and exits 0. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
