@@ -47,7 +47,7 @@ def curves(run: Path) -> dict[str, dict[int, float]]:
 
 def table(values: dict[str, dict[int, float]]) -> str:
     tags = list(values)
-    lines = ["| step | " + " | ".join(f"`{t}`" for t in tags) + " |"]
+    lines = ["| step | " + " | ".join(f"`{t.removeprefix('val/')}`" for t in tags) + " |"]
     lines.append("|---" * (len(tags) + 1) + "|")
     for step in sorted(values["val/reward"]):
         cells = []

@@ -86,6 +86,17 @@ def test_a_fall_within_noise_is_not_flagged_and_one_beyond_it_is_after_patience(
     assert guard.flagged_steps == [3, 4]
 
 
+def test_a_fall_below_min_fall_is_not_counted_however_small_its_noise():
+    # A near-certain judge: standard errors near 0 make a fall in the fourth decimal
+    # "beyond noise"; min_fall sets the smallest fall that counts.
+    strict, tolerant = HackingGuard(patience=1), HackingGuard(patience=1, min_fall=0.02)
+    for guard in (strict, tolerant):
+        observe(guard, 0, 0.2, 0.9999, error=1e-5)
+    assert observe(strict, 1, 0.6, 0.9995, error=1e-5)["hacking"]
+    assert not observe(tolerant, 1, 0.6, 0.9995, error=1e-5)["diverging"]
+    assert observe(tolerant, 2, 0.7, 0.97, error=1e-5)["hacking"]  # a fall of 0.03 counts
+
+
 def test_a_held_out_fall_without_a_reward_gain_is_not_hacking():
     guard = HackingGuard(patience=1)
     observe(guard, 0, 0.5, 0.50)
@@ -115,6 +126,7 @@ def test_the_selection_criterion_can_weight_held_out_rewards():
         ({"action": "explode"}, "action='explode' must be warn, stop, record or off"),
         ({"patience": 0}, "patience=0 must be >= 1"),
         ({"noise": -1.0}, "noise=-1.0"),
+        ({"min_fall": math.nan}, "min_fall=nan must be a finite number >= 0"),
         ({"selection": {"train/reward": 1.0}}, "must weight validation scalars"),
     ],
 )

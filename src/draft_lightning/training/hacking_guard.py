@@ -67,6 +67,9 @@ class HackingGuard(Callback):
         action: warn, stop, record or off.
         patience: validations in a row that must diverge before hacking is flagged.
         noise: how many standard errors of the difference a fall must exceed.
+        min_fall: the smallest fall that counts, in the quantity's own units, whatever its
+            noise: a near-certain score (a judge's probability of 0.9999 on every sample)
+            has a standard error near 0, so without it a fall in the fourth decimal counts.
         watch_diversity: also watch `val/diversity` (mode collapse), not only held-out rewards.
         selection: the criterion of `val/guarded_reward` as weights of logged validation
             scalars, e.g. {"val/reward": 1.0, "val/heldout/pickscore": 0.5}; None means
@@ -78,6 +81,7 @@ class HackingGuard(Callback):
         action: GuardAction = "warn",
         patience: int = 2,
         noise: float = 2.0,
+        min_fall: float = 0.0,
         watch_diversity: bool = True,
         selection: dict[str, float] | None = None,
     ) -> None:
@@ -87,6 +91,8 @@ class HackingGuard(Callback):
             raise ConfigError(f"hacking_guard.patience={patience} must be >= 1")
         if not (noise >= 0 and math.isfinite(noise)):
             raise ConfigError(f"hacking_guard.noise={noise} must be a finite number >= 0")
+        if not (min_fall >= 0 and math.isfinite(min_fall)):
+            raise ConfigError(f"hacking_guard.min_fall={min_fall} must be a finite number >= 0")
         selection = dict(selection) if selection is not None else {REWARD_TAG: 1.0}
         bad = [tag for tag in selection if not tag.startswith("val/")]
         if not selection or bad:
@@ -97,6 +103,7 @@ class HackingGuard(Callback):
         self.action = action
         self.patience = patience
         self.noise = noise
+        self.min_fall = min_fall
         self.watch_diversity = watch_diversity
         self.selection = selection
         self.records: list[dict[str, Any]] = []  # one per full validation during fit
@@ -131,7 +138,8 @@ class HackingGuard(Callback):
         }
 
     def diverging(self, record: dict[str, Any]) -> dict[str, tuple[int, float]]:
-        """The watched tags that fell beyond noise from their best earlier value while the
+        """The watched tags that fell beyond noise (and by at least min_fall) from their best
+        earlier value while the
         training reward is higher than it was then: {tag: (that step, that value)}."""
         found = {}
         for tag, (value, error) in record["watched"].items():
@@ -142,7 +150,7 @@ class HackingGuard(Callback):
             peak_value, peak_error = peak["watched"][tag]
             if not _finite(peak_error):
                 continue
-            threshold = self.noise * math.hypot(error, peak_error)
+            threshold = max(self.noise * math.hypot(error, peak_error), self.min_fall)
             if record["reward"] > peak["reward"] and value < peak_value - threshold:
                 found[tag] = (peak["step"], peak_value)
         return found
