@@ -283,6 +283,7 @@ def pretrain(
         Path(classifier_output).expanduser() if classifier_output else default_classifier_path()
     )
     judge_output = Path(judge_output).expanduser() if judge_output else default_judge_path()
+    commit = source_commit()  # the code that trains, before anything can change the checkout
     timings: dict[str, float] = {}
     reused: dict | None = None
     clock = time.perf_counter()
@@ -341,7 +342,7 @@ def pretrain(
         )
         timings["quality_s"] = time.perf_counter() - clock
         report = {
-            "commit": source_commit(),
+            "commit": commit,
             "world_version": world.WORLD_VERSION,
             "classifier": str(classifier_output),
             "classifier_held_out_accuracy": classifier_accuracy,
