@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml constraints.txt
 test: install
 	$(BIN)/pytest
 
-# DRaFT-LV on the toy model shipped in the package (no `make toy` needed): its squares and
-# triangles become circles. Ends with runs/demo/version_N/comparison.png (before/after).
+# DRaFT-LV on the toy model shipped in the package (no `make toy` needed): shapes whose prompt
+# leaves the colour open become red. Ends with runs/demo/version_N/comparison.png (before/after).
 # One thread: on a 2-core machine shared with other work, two threads spin-waiting on each
 # other made steps 20x slower (measured); on a quiet machine, DEMO_THREADS=2 is a little faster.
 DEMO_THREADS ?= 1
