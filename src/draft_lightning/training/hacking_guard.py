@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
 from draft_lightning.errors import ConfigError
+from draft_lightning.training.stop_signals import save_last_checkpoint
 
 GuardAction = Literal["warn", "stop", "record", "off"]
 HACKING_TAG = "val/hacking"
@@ -201,7 +200,7 @@ class HackingGuard(Callback):
         if verdict["new"] and self.action in ("warn", "stop"):
             _say(self.message(self.records[-1], verdict))
         if verdict["new"] and self.action == "stop" and not trainer.sanity_checking:
-            trainer.save_checkpoint(last_checkpoint_path(trainer))
+            save_last_checkpoint(trainer)  # where `--ckpt_path last` finds it
             trainer.should_stop = True
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -225,16 +224,6 @@ class HackingGuard(Callback):
         self.records = list(state_dict.get("records", []))
         self.streak = int(state_dict.get("streak", 0))
         self.flagged_steps = list(state_dict.get("flagged_steps", []))
-
-
-def last_checkpoint_path(trainer: Trainer) -> Path:
-    """Where `--ckpt_path last` looks: the folder of the checkpoint callback that keeps
-    last.ckpt, else <log dir>/checkpoints."""
-    for callback in trainer.checkpoint_callbacks:
-        if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath:
-            name = callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION
-            return Path(callback.dirpath) / name
-    return Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints" / "last.ckpt"
 
 
 def _finite(value: float) -> bool:
