@@ -109,16 +109,11 @@ def generation_quality(
 
         save_image(interpolate(grid_images[:64], scale_factor=4), str(grid), nrow=8, padding=2)
     report["unsaid_guidance"] = float(shown)
-    report["unsaid"] = {
-        attribute: unsaid_attribute_report(
-            classifier,
-            generate(folder, classifier_folder, unsaid, shown, num_steps),
-            unsaid,
-            attribute,
-        )
-        for attribute in world.OPTIONAL_ATTRIBUTES
-        for unsaid in [[world.leave_unsaid(c, [attribute]) for c in captions[: num_images // 2]]]
-    }
+    report["unsaid"] = {}
+    for attribute in world.OPTIONAL_ATTRIBUTES:
+        unsaid = [world.leave_unsaid(c, [attribute]) for c in captions[: num_images // 2]]
+        images = generate(folder, classifier_folder, unsaid, shown, num_steps)
+        report["unsaid"][attribute] = unsaid_attribute_report(classifier, images, unsaid, attribute)
     return report
 
 

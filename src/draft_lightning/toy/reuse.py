@@ -18,7 +18,7 @@ from pathlib import Path
 
 from draft_lightning.errors import ConfigError
 from draft_lightning.toy import world
-from draft_lightning.toy.paths import CLASSIFIER_FOLDER, JUDGE_FOLDER, MODEL_FOLDER
+from draft_lightning.toy.paths import CLASSIFIER_FOLDER, JUDGE_FOLDER, MODEL_FOLDER, atomic_folder
 
 # Settings each reusable stage was trained with (PretrainSettings' fields).
 STAGE_SETTINGS = {
@@ -77,8 +77,6 @@ def check_reusable(earlier: dict, settings) -> None:
 
 def copy_stage_folder(source: Path, target: Path) -> None:
     """Copy a reused classifier or judge folder to where this run writes it (atomically)."""
-    from draft_lightning.toy.paths import atomic_folder
-
     if source.resolve() == target.resolve():
         return
     with atomic_folder(target) as tmp:
