@@ -416,7 +416,10 @@ def main(
     try:
         report = pretrain(output, classifier_output, settings, judge_output, reuse)
     except ConfigError as error:
-        raise SystemExit(f"error: {error}") from None
+        import sys
+
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None  # a bad value, as the other commands exit
     folder = Path(output).expanduser() if output else default_model_path()
     print(f"model: {folder}")
     print(f"classifier held-out accuracy: {_fmt(report['classifier_held_out_accuracy'])}")
