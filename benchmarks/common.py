@@ -209,18 +209,13 @@ class SavedTensors:
 def peak_allocated(fn: Callable[[], object]) -> tuple[object, int]:
     """Run fn under the profiler's memory view; return its result and the peak of tensor
     bytes allocated above the level at its start (the CPU analogue of a GPU's
-    max_memory_allocated minus the memory held before the step)."""
-    from torch.profiler import ProfilerActivity, profile
+    max_memory_allocated minus the memory held before the step). The same count as the
+    plan's check (planning/measure.py): frees of blocks allocated before fn are left out."""
+    from draft_lightning.planning.measure import measured_peak
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        result = fn()
-    events = prof.profiler.kineto_results.events()
-    deltas = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
-    level = peak = 0
-    for _, nbytes in deltas:
-        level += nbytes
-        peak = max(peak, level)
-    return result, peak
+    results: list[object] = []
+    peak = measured_peak(lambda: results.append(fn()), resident=0)
+    return results[0], peak
 
 
 def peak_rss_bytes() -> int:
