@@ -1,171 +1,260 @@
-"""The paper's claims, each judged from this run's numbers by a rule fixed before the run.
+"""The claims of experiments/preregistration.md, each judged by its registered rule.
 
-Each returns (verdict, evidence): "reproduced", "not reproduced" or "partly reproduced",
-with the numbers that decided it. The thresholds are stated in the evidence text.
+Each function takes the runs it needs (lists over seeds of experiments.run results) and
+returns a Judgement: the metric with its 95% interval, the threshold, the verdict
+(reproduced / not reproduced / inconclusive) and the numbers behind it.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
+from dataclasses import dataclass
 
-from experiments.curves import final, first_reaching, mean_curve, seconds_per_step
+from experiments.stats import (
+    Interval,
+    bootstrap,
+    crossing,
+    fmt,
+    mean_interval,
+    paired_interval,
+    verdict,
+    welch_interval,
+)
 
-LV, ONE, FULL, DDPO = "DRaFT-LV (n=2)", "DRaFT-1", "full DRaFT", "DDPO"
-SMALL_K = ("DRaFT-1", "DRaFT-K (K=5)")
-MAX_EXTRA_COST = 1.5  # "small extra cost": DRaFT-LV's step at most 1.5x DRaFT-1's
-FAR_FEWER = 5.0  # "far fewer reward queries": at least 5x fewer
-NOISE_SDS = 2.0  # a DDPO gain within 2 sd (over seeds) of its final reward is no gain
-KEEP_GAIN = 0.5  # a diversity remedy must keep at least half the unregularised reward gain
-
-
-def lv_faster_than_one(results: dict) -> tuple[str, str]:
-    target, _ = final(results[ONE])
-    lv_points = mean_curve(results[LV], "step", "reward")
-    one_steps = results[ONE][0]["val"][-1]["step"]
-    lv_steps = first_reaching(lv_points, target)
-    cost = seconds_per_step(results[LV]) / seconds_per_step(results[ONE])
-    fewer = lv_steps is not None and lv_steps < one_steps
-    evidence = (
-        f"DRaFT-1's final mean validation reward {target:.4f} (step {one_steps}) is reached by "
-        f"DRaFT-LV's mean curve at step {lv_steps if lv_steps is not None else 'never'}; "
-        f"DRaFT-LV's step costs {cost:.2f}x DRaFT-1's (small: <= {MAX_EXTRA_COST}x)"
-    )
-    if fewer and cost <= MAX_EXTRA_COST:
-        return "reproduced", evidence
-    if fewer or cost <= MAX_EXTRA_COST:
-        return "partly reproduced", evidence
-    return "not reproduced", evidence
+MAX_EXTRA_COST = 1.5  # claim 1: DRaFT-LV's step at most 1.5x DRaFT-1's
+FAR_FEWER = 10.0  # claim 5: an order of magnitude fewer reward queries
 
 
-def small_k_beats_full(results: dict, norms: dict[str, list[float]]) -> tuple[str, str]:
-    full_reward, _ = final(results[FULL])
-    small = {name: final(results[name])[0] for name in SMALL_K if name in results}
-    best_name = max(small, key=small.get)
-    ks = sorted(norms, key=int)
-    means = [statistics.fmean(norms[k]) for k in ks]
-    growing = all(b >= a for a, b in zip(means, means[1:], strict=False))
-    growth = means[-1] / means[0] if means[0] > 0 else float("inf")
-    beats = small[best_name] > full_reward
-    evidence = (
-        f"final mean reward: {best_name} {small[best_name]:.4f} vs full DRaFT "
-        f"{full_reward:.4f} at the same number of steps; mean gradient norm from K={ks[0]} "
-        f"to K={ks[-1]}: "
-        + ", ".join(f"{m:.3g}" for m in means)
-        + f" ({growth:.1f}x, {'monotone' if growing else 'not monotone'})"
-    )
-    if beats and growing:
-        return "reproduced", evidence
-    if beats or growth > 1:
-        return "partly reproduced", evidence
-    return "not reproduced", evidence
+@dataclass(frozen=True)
+class Judgement:
+    metric: str
+    interval: Interval
+    threshold: str
+    verdict: str
+    evidence: str
 
 
-def fewer_queries_than_ddpo(results: dict, long_run: dict | None = None) -> tuple[str, str]:
-    """Reward queries each method needs for the same gain over its own base reward (DDPO
-    validates with its own eta = 1 sampler, so the curves start from slightly different
-    values). The gain is DDPO's final one: in its long run (one seed, many more queries) when
-    there is one, else its mean over seeds. A DDPO gain within NOISE_SDS standard deviations
-    (over seeds) of its final reward counts as none: then the ratio is a lower bound, DDPO's
-    whole budget against DRaFT-1's first gain above that noise."""
-    _, spread = final(results[DDPO])
-    noise = NOISE_SDS * spread
-    main_base = statistics.fmean(run["val"][0]["reward"] for run in results[DDPO])
-    main_gain = final(results[DDPO])[0] - main_base
-    main_queries = statistics.fmean(run["val"][-1]["queries"] for run in results[DDPO])
-    seeds = len(results[DDPO])
-    evidence = [
-        f"DDPO ({seeds} seed{'s' if seeds > 1 else ''}): gain {main_gain:+.4f} over its base after "
-        f"{main_queries:.0f} reward queries (noise: {NOISE_SDS} sd over seeds = {noise:.4f})"
+def mean_curve(runs: list[dict], x: str = "step", y: str = "reward") -> list[tuple[float, float]]:
+    """(mean x, mean y) per evaluation index over seeds (runs evaluate at the same points)."""
+    length = min(len(run["val"]) for run in runs)
+    return [
+        (
+            statistics.fmean(run["val"][i][x] for run in runs),
+            statistics.fmean(run["val"][i][y] for run in runs),
+        )
+        for i in range(length)
     ]
-    curve = [(e["queries"], e["reward"]) for e in long_run["val"]] if long_run else None
-    if curve is None:
-        curve = [(q, r) for q, r, _, _ in mean_curve(results[DDPO], "queries", "reward")]
-    else:
-        evidence.append(
-            f"its long run (one seed): gain {curve[-1][1] - curve[0][1]:+.4f} after "
-            f"{curve[-1][0]:.0f}"
-        )
-    base, gain, budget = curve[0][1], curve[-1][1] - curve[0][1], curve[-1][0]
-    one_points = mean_curve(results[ONE], "queries", "reward")
-    one_base = one_points[0][1]
-    measured = gain > noise
-    # With no gain beyond the noise, DDPO's whole budget against DRaFT-1's first real gain.
-    ddpo_queries = next(q for q, r in curve[1:] if r - base >= gain) if measured else budget
-    one_queries = next(
-        (q for q, r, _, _ in one_points[1:] if r - one_base > noise and r - one_base >= gain),
-        None,
+
+
+def final_values(runs: list[dict], y: str = "reward") -> list[float]:
+    return [run["val"][-1][y] for run in runs]
+
+
+def base_values(runs: list[dict], y: str = "reward") -> list[float]:
+    return [run["val"][0][y] for run in runs]
+
+
+def seconds_per_step(runs: list[dict]) -> float:
+    """Median over seeds of training seconds per optimiser step (evaluation excluded)."""
+    return statistics.median(
+        run["train"][-1]["seconds"] / max(1, run["train"][-1]["step"]) for run in runs
     )
-    if one_queries is None:
-        evidence.append(
-            f"DRaFT-1 never gains {'as much' if measured else 'beyond it'} in its budget"
-        )
-        return "not reproduced", "; ".join(evidence)
-    ratio = ddpo_queries / max(one_queries, 1.0)
-    evidence.append(
-        f"DDPO first gains {gain:+.4f} after {ddpo_queries:.0f} queries, DRaFT-1's mean curve "
-        f"after {one_queries:.0f} ({ratio:.1f}x fewer"
-        if measured
-        else f"DDPO never gains beyond the noise in {budget:.0f} queries, DRaFT-1's mean curve "
-        f"does after {one_queries:.0f} (at least {ratio:.1f}x fewer"
-    )
-    evidence[-1] += f"; far fewer: >= {FAR_FEWER}x)"
-    return ("reproduced" if ratio >= FAR_FEWER else "not reproduced"), "; ".join(evidence)
 
 
-def diversity_kept(points: dict[str, dict[str, tuple[float, float]]]) -> tuple[str, str]:
-    """points: role -> variant -> (reward, diversity), roles base, plain, kl, scaled.
+def area_per_step(run: dict) -> float:
+    """Claim 2's metric: the mean validation reward over the evaluations after step 0."""
+    return statistics.fmean(e["reward"] for e in run["val"] if e["step"] > 0)
 
-    A remedy "keeps more" diversity only if it also keeps at least KEEP_GAIN of the
-    unregularised reward gain: a run that does not learn keeps the base model's diversity
-    trivially."""
-    ((base_reward, base),) = points["base"].values()
-    ((plain_reward, plain),) = points["plain"].values()
-    floor = base_reward + KEEP_GAIN * (plain_reward - base_reward)
 
-    def keeps(variants: dict[str, tuple[float, float]]) -> list[str]:
-        return [name for name, (r, d) in variants.items() if d > plain and r >= floor]
+# --- claim 1 ----------------------------------------------------------------------------
 
-    def listed(variants: dict[str, tuple[float, float]]) -> str:
-        return ", ".join(f"{name} {r:.3f} / {d:.4f}" for name, (r, d) in variants.items())
 
-    kl, scaled = keeps(points["kl"]), keeps(points["scaled"])
-    lost = plain < base
-    early = list(points.get("early", {}).values())
+def lv_fewer_steps(one: list[dict], lv: list[dict]) -> Judgement:
+    budget = one[0]["val"][-1]["step"]
 
-    def against_early(name: str) -> str:
-        reward, spread = {**points["kl"], **points["scaled"]}[name]
-        stopped = early_stopping_diversity(early, reward)
-        if stopped is None:
-            return f"{name}: reward outside the early-stopping path"
-        better = "more" if spread > stopped else "less"
-        return f"{name} {spread:.4f} vs {stopped:.4f} ({better})"
+    def ratio(one_runs: list[dict], lv_runs: list[dict]) -> float:
+        target = statistics.fmean(final_values(one_runs))
+        return crossing(mean_curve(lv_runs), target) / budget
 
+    interval = bootstrap([one, lv], ratio)
+    cost = seconds_per_step(lv) / seconds_per_step(one)
+    ruled = verdict(interval, 1.0, above=False)
+    if cost > MAX_EXTRA_COST:
+        ruled = "not reproduced"
     evidence = (
-        "validation reward / diversity of the empty prompt's samples: base model "
-        f"{base_reward:.3f} / {base:.4f}, unregularised "
-        f"DRaFT-LV {plain_reward:.3f} / {plain:.4f} (loses diversity: {'yes' if lost else 'no'}); "
-        f"{listed(points['kl'])}; {listed(points['scaled'])}. Keeping more diversity while "
-        f"keeping >= {KEEP_GAIN:.0%} of the reward gain (reward >= {floor:.3f}): "
-        + (", ".join(kl + scaled) if kl or scaled else "none")
-        + (
-            ". Against stopping unregularised DRaFT-LV early at the same reward (its diversity "
-            "then, interpolated along its evaluations): "
-            + "; ".join(map(against_early, kl + scaled))
-            if early and (kl or scaled)
-            else ""
-        )
+        f"DRaFT-1's mean final reward {statistics.fmean(final_values(one)):.3f} (step {budget}) "
+        f"is reached by DRaFT-LV's mean curve at step {interval[0] * budget:.1f}; "
+        f"steps ratio {fmt(interval, 2)}; DRaFT-LV's step costs {cost:.2f}x DRaFT-1's "
+        f"(allowed: <= {MAX_EXTRA_COST}x)"
     )
-    if lost and kl and scaled:
-        return "reproduced", evidence
-    if lost and (kl or scaled):
-        return "partly reproduced", evidence
-    return "not reproduced", evidence
+    return Judgement("steps ratio DRaFT-LV / DRaFT-1", interval, "< 1", ruled, evidence)
 
 
-def early_stopping_diversity(path: list[tuple[float, float]], reward: float) -> float | None:
-    """Diversity of an unregularised run when its (reward, diversity) path, in training order,
-    first reached `reward`: linear between the two evaluations around it; None if never."""
-    for (r0, d0), (r1, d1) in zip(path, path[1:], strict=False):
-        if min(r0, r1) <= reward <= max(r0, r1):
-            return d0 if r1 == r0 else d0 + (d1 - d0) * (reward - r0) / (r1 - r0)
-    return None
+# --- claim 2 ----------------------------------------------------------------------------
+
+
+def small_k_beats_full(small: list[dict], full: list[dict], label: str = "K=1") -> Judgement:
+    interval = welch_interval([area_per_step(r) for r in small], [area_per_step(r) for r in full])
+    evidence = (
+        f"mean reward over evaluations, {label} "
+        f"{fmt(mean_interval([area_per_step(r) for r in small]))} vs full DRaFT "
+        f"{fmt(mean_interval([area_per_step(r) for r in full]))}; difference {fmt(interval)}"
+    )
+    return Judgement(
+        f"reward area {label} - full DRaFT", interval, "> 0", verdict(interval, 0.0), evidence
+    )
+
+
+# --- claim 3 ----------------------------------------------------------------------------
+
+
+def gradient_norm_grows(per_seed: list[dict[str, list[float]]]) -> Judgement:
+    """per_seed: one {K: norms over fixed batches} per seed."""
+    ks = sorted(per_seed[0], key=int)
+    first, last = ks[0], ks[-1]
+
+    def ratio(seeds: list[dict[str, list[float]]]) -> float:
+        low = statistics.fmean(v for seed in seeds for v in seed[first])
+        high = statistics.fmean(v for seed in seeds for v in seed[last])
+        return high / low if low > 0 else math.inf
+
+    interval = bootstrap([per_seed], ratio)
+    means = [statistics.fmean(v for seed in per_seed for v in seed[k]) for k in ks]
+    evidence = (
+        "mean gradient norm at K = "
+        + ", ".join(f"{k}: {m:.3g}" for k, m in zip(ks, means, strict=True))
+        + f"; ratio K={last} / K={first} {fmt(interval, 2)}"
+    )
+    return Judgement(
+        f"norm ratio K={last} / K={first}", interval, "> 1", verdict(interval, 1.0), evidence
+    )
+
+
+# --- claims 4 and 5 -----------------------------------------------------------------------
+
+
+def learns(runs: list[dict]) -> Judgement:
+    """Claim 4: the final validation reward gain over step 0, paired by seed."""
+    interval = paired_interval(final_values(runs), base_values(runs))
+    queries = statistics.fmean(run["val"][-1]["queries"] for run in runs)
+    evidence = (
+        f"validation reward {statistics.fmean(base_values(runs)):.3f} at step 0, "
+        f"{statistics.fmean(final_values(runs)):.3f} after {queries:.0f} reward queries; "
+        f"gain {fmt(interval)}"
+    )
+    return Judgement("reward gain", interval, "> 0", verdict(interval, 0.0), evidence)
+
+
+def queries_to_gain(runs: list[dict], gain: float) -> float:
+    """Reward queries the mean curve needs to gain `gain` over its own step-0 value."""
+    curve = mean_curve(runs, "queries", "reward")
+    return crossing(curve, curve[0][1] + gain)
+
+
+def fewer_queries_than_ddpo(one: list[dict], ddpo: list[dict]) -> Judgement:
+    budget = statistics.fmean(run["val"][-1]["queries"] for run in ddpo)
+
+    def ratio(one_runs: list[dict], ddpo_runs: list[dict]) -> float:
+        gain = 0.5 * (
+            statistics.fmean(final_values(one_runs)) - statistics.fmean(base_values(one_runs))
+        )
+        needed = queries_to_gain(one_runs, gain)
+        if math.isinf(needed):
+            return 0.0  # the gradient method never gains half its own final gain: no lead
+        return min(queries_to_gain(ddpo_runs, gain), budget) / needed
+
+    interval = bootstrap([one, ddpo], ratio)
+    gain = 0.5 * (statistics.fmean(final_values(one)) - statistics.fmean(base_values(one)))
+    ddpo_needed = queries_to_gain(ddpo, gain)
+    ddpo_gain = paired_interval(final_values(ddpo), base_values(ddpo))
+    evidence = (
+        f"g = {gain:.3f}; DRaFT-1's mean curve gains g after {queries_to_gain(one, gain):.0f} "
+        "queries, DDPO's "
+        + (f"after {ddpo_needed:.0f}" if math.isfinite(ddpo_needed) else f"never in {budget:.0f}")
+        + f" (ratio {fmt(interval, 1)}"
+        + (", a lower bound: DDPO's budget counted" if math.isinf(ddpo_needed) else "")
+        + f"); DDPO's own gain after {budget:.0f} queries {fmt(ddpo_gain)}"
+    )
+    return Judgement(
+        "queries ratio DDPO / DRaFT-1",
+        interval,
+        f">= {FAR_FEWER:g}",
+        verdict(interval, FAR_FEWER),
+        evidence,
+    )
+
+
+# --- claim 6 ----------------------------------------------------------------------------
+
+
+def diversity_path(run: dict) -> list[tuple[float, float]]:
+    """(validation reward, empty prompt's diversity) at each evaluation of a tracked run."""
+    return [(e["reward"], e["unconditional"]["diversity"]) for e in run["val"]]
+
+
+def diversity_when_reaching(path: list[tuple[float, float]], reward: float) -> float:
+    """Diversity where the path first reaches `reward` (linear between evaluations); the
+    path's last diversity if it never does."""
+    previous = None
+    for r, d in path:
+        if r >= reward:
+            if previous is None or previous[0] >= reward:
+                return d
+            r0, d0 = previous
+            return d0 + (d - d0) * (reward - r0) / (r - r0)
+        previous = (r, d)
+    return path[-1][1]
+
+
+def diversity_lost(lv: list[dict]) -> Judgement:
+    """6a: final minus step-0 diversity of the empty prompt's samples, paired by seed."""
+    paths = [diversity_path(run) for run in lv]
+    interval = paired_interval([p[-1][1] for p in paths], [p[0][1] for p in paths])
+    evidence = (
+        f"empty prompt's diversity {statistics.fmean(p[0][1] for p in paths):.4f} at step 0, "
+        f"{statistics.fmean(p[-1][1] for p in paths):.4f} after training; change {fmt(interval, 4)}"
+    )
+    return Judgement("diversity change", interval, "< 0", verdict(interval, 0.0, False), evidence)
+
+
+def keeps_more_than_early_stopping(
+    lv: list[dict], remedy: list[tuple[float, float]], name: str
+) -> Judgement:
+    """6b/6c: per seed, the remedy's (reward, diversity) against the same seed's
+    unregularised path at that reward."""
+    paths = [diversity_path(run) for run in lv]
+    stopped = [diversity_when_reaching(p, r) for p, (r, _) in zip(paths, remedy, strict=True)]
+    interval = paired_interval([d for _, d in remedy], stopped)
+    evidence = (
+        f"{name}: reward {statistics.fmean(r for r, _ in remedy):.3f}, diversity "
+        f"{statistics.fmean(d for _, d in remedy):.4f}; unregularised DRaFT-LV stopped at the "
+        f"same reward: {statistics.fmean(stopped):.4f}; difference {fmt(interval, 4)}"
+    )
+    return Judgement("diversity difference", interval, "> 0", verdict(interval, 0.0), evidence)
+
+
+# --- reward hacking check -----------------------------------------------------------------
+
+
+def hacking(runs: list[dict]) -> dict:
+    """Reward gain and the judge's gain (paired intervals), the judge's verdict fractions at
+    the base model and at the end, and the flag: reward up while the judge is not."""
+    reward_gain = paired_interval(final_values(runs), base_values(runs))
+    judge_gain = paired_interval(final_values(runs, "judge"), base_values(runs, "judge"))
+
+    def shown(stage: str) -> float:
+        return statistics.fmean(
+            statistics.fmean(run["samples"][stage]["judge_verdicts"]) for run in runs
+        )
+
+    flagged = verdict(reward_gain, 0.0) == "reproduced" and verdict(judge_gain, 0.0) != (
+        "reproduced"
+    )
+    return {
+        "reward_gain": reward_gain,
+        "judge_gain": judge_gain,
+        "shown_base": shown("base"),
+        "shown_final": shown("final"),
+        "flagged": flagged,
+    }

@@ -1,5 +1,6 @@
 """A callback that records, per optimiser step and per evaluation, what the experiments plot:
-reward, reward queries, training wall time (validation excluded) and gradient norm."""
+reward, reward queries, training wall time (validation excluded) and gradient norm, and at
+every evaluation the held-out judge's score (`val/heldout/judge`) where the module has one."""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ class Recorder(Callback):
                 "seconds": self.train_seconds,
                 "reward": values["val/reward"],
                 "diversity": values["val/diversity"],
+                "judge": values.get("val/heldout/judge"),
                 **(self.measure(pl_module) if self.measure is not None else {}),
             }
         )

@@ -1,18 +1,26 @@
-"""docs/experiments.md: settings, figures, a results table and each claim's verdict, all from
-one run's numbers (plus experiments/notes.md: the discussion written after reading them)."""
+"""docs/experiments.md from the cached runs: the registration it judges by, each claim's
+verdict with its interval and its registered rule quoted, the reward-hacking check, the
+results, figures and sample grids (plus experiments/notes.md: what was read after the run)."""
 
 from __future__ import annotations
 
 import os
 import platform
+import re
+import statistics
+import subprocess
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
 from experiments import claims, plots
-from experiments.curves import final, seconds_per_step
-from experiments.methods import draftp_name
+from experiments.methods import FULL, K5, K10, LV, ONE
+from experiments.run import decode_pixels
+from experiments.stats import fmt, mean_interval
 
-NOTES = Path(__file__).with_name("notes.md")
+HERE = Path(__file__).resolve().parent
+REGISTRATION = HERE / "preregistration.md"
+NOTES = HERE / "notes.md"
 
 
 def _table(headers: list[str], rows: list[list[object]]) -> str:
@@ -28,236 +36,459 @@ def _write(path: Path, text: str) -> None:
 
 
 def _utc(timestamp: float) -> str:
-    return f"{datetime.fromtimestamp(timestamp, timezone.utc):%Y-%m-%d %H:%M}"
+    return f"{datetime.fromtimestamp(timestamp, timezone.utc):%Y-%m-%d %H:%M} UTC"
 
 
-def results_table(results: dict) -> str:
-    one = seconds_per_step(results["DRaFT-1"]) if "DRaFT-1" in results else None
+def registration() -> tuple[str, float] | None:
+    """(short hash, commit time) of the commit that last changed the registration; None if it
+    is not committed (then no result is confirmatory)."""
+    out = subprocess.run(
+        ["git", "log", "-1", "--format=%h %ct", "--", str(REGISTRATION)],
+        cwd=HERE.parent,
+        capture_output=True,
+        text=True,
+    )
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", str(REGISTRATION)],
+        cwd=HERE.parent,
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0 or not out.stdout.strip() or dirty.stdout.strip():
+        return None
+    short, when = out.stdout.split()
+    return short, float(when)
+
+
+def rules() -> dict[str, str]:
+    """Each registered claim's text by its number ("1" .. "6"): paragraphs folded into one
+    line each, its own bullets kept as nested bullets."""
+    text = REGISTRATION.read_text()
+    found = {}
+    for match in re.finditer(r"^### Claim (\d)[^\n]*\n(.*?)(?=^### |^## |\Z)", text, re.S | re.M):
+        items = re.split(r"^- ", match.group(2), flags=re.M)
+        folded = [" ".join(item.split()) for item in items]
+        found[match.group(1)] = folded[0] + "".join(f"\n  - {item}" for item in folded[1:] if item)
+    return found
+
+
+def label(name: str, num_steps: int) -> str:
+    return f"{name}, T={num_steps}"
+
+
+def judge_claims(everything: dict) -> list[tuple[str, str, Callable[[], claims.Judgement]]]:
+    """(claim number, claim, how to judge it) in the registration's order."""
+    s, groups = everything["settings"], everything["groups"]
+    norms = {t: [seed["norms"] for seed in seeds] for t, seeds in everything["norms"].items()}
+    t, long_t = s["num_steps"], s["long_num_steps"]
+    one, lv = label(ONE, t), label(LV, t)
+    plus = f"DRaFT+ (kl {s['kl_coeff']:g}), T={t}"
+    choice = everything.get("choice")
+    ddpo = control = None
+    if choice is not None:
+        ddpo = f"DDPO (lr {choice[0]:g}, clip {choice[1]:g}), T={t}"
+        control = f"DDPO (lr {choice[0]:g}, clip {choice[1]:g}), red control, T={t}"
+
+    def scaled(scale: float) -> list[tuple[float, float]]:
+        return [
+            (
+                r["lora_scaled"][f"{scale:g}"]["reward"],
+                r["lora_scaled"][f"{scale:g}"]["unconditional"]["diversity"],
+            )
+            for r in groups[lv]
+        ]
+
+    def final_pairs(runs: list[dict]) -> list[tuple[float, float]]:
+        return [(r["val"][-1]["reward"], r["unconditional"]["1"]["diversity"]) for r in runs]
+
+    return [
+        (
+            "1",
+            "DRaFT-LV reaches DRaFT-1's reward in fewer steps at small extra cost",
+            lambda: claims.lv_fewer_steps(groups[one], groups[lv]),
+        ),
+        (
+            "2",
+            f"Small K (K = 1) beats full backpropagation per step, T = {t}",
+            lambda: claims.small_k_beats_full(groups[one], groups[label(FULL, t)]),
+        ),
+        (
+            "2",
+            f"Small K (K = 1) beats full backpropagation per step, T = {long_t}",
+            lambda: claims.small_k_beats_full(
+                groups[label(ONE, long_t)], groups[label(FULL, long_t)]
+            ),
+        ),
+        (
+            "3",
+            f"The gradient norm grows with K, T = {t}",
+            lambda: claims.gradient_norm_grows(norms[t]),
+        ),
+        (
+            "3",
+            f"The gradient norm grows with K, T = {long_t}",
+            lambda: claims.gradient_norm_grows(norms[long_t]),
+        ),
+        (
+            "4",
+            "Positive control: this DDPO learns where RL should (red, 8 captions)",
+            lambda: claims.learns(groups[control]),
+        ),
+        (
+            "5",
+            "DRaFT-1 needs far fewer reward queries than DDPO (main task)",
+            lambda: claims.fewer_queries_than_ddpo(groups[one], groups[ddpo]),
+        ),
+        (
+            "6",
+            "6a. Unregularised DRaFT-LV loses diversity",
+            lambda: claims.diversity_lost(groups[lv]),
+        ),
+        (
+            "6",
+            f"6b. DRaFT+ (kl {s['kl_coeff']:g}) keeps more diversity than stopping early",
+            lambda: claims.keeps_more_than_early_stopping(
+                groups[lv], final_pairs(groups[plus]), "DRaFT+"
+            ),
+        ),
+        (
+            "6",
+            "6c. LoRA strength 0.5 keeps more diversity than stopping early",
+            lambda: claims.keeps_more_than_early_stopping(
+                groups[lv], scaled(0.5), "LoRA strength 0.5"
+            ),
+        ),
+    ]
+
+
+PART_OF = {
+    "1": "efficiency",
+    "2": "chain",
+    "3": "chain",
+    "4": "ddpo",
+    "5": "ddpo",
+    "6": "efficiency",
+}
+
+
+def verdict_rows(everything: dict) -> list[list[str]]:
     rows = []
-    for name, runs in results.items():
-        reward, spread = final(runs)
-        base = runs[0]["val"][0]["reward"]
-        per_step = seconds_per_step(runs)
+    for number, claim, judge in judge_claims(everything):
+        try:
+            j = judge()
+        except (KeyError, TypeError):  # its runs are not (all) cached yet
+            part = PART_OF[number]
+            rows.append([number, claim, "", "", "**not run**", f"needs `make experiments-{part}`"])
+            continue
+        estimate = fmt(j.interval, 3)
+        rows.append(
+            [number, claim, f"{j.metric}: {estimate}", j.threshold, f"**{j.verdict}**", j.evidence]
+        )
+    return rows
+
+
+def hacking_rows(groups: dict) -> list[list[str]]:
+    rows = []
+    for name, runs in groups.items():
+        if "red control" in name:
+            continue
+        check = claims.hacking(runs)
         rows.append(
             [
                 name,
-                f"{base:.4f}",
-                f"{reward:.4f} +- {spread:.4f}",
-                f"{final(runs, 'diversity')[0]:.4f}",
-                f"{sum(r['unconditional']['1']['diversity'] for r in runs) / len(runs):.4f}",
-                runs[0]["val"][-1]["step"],
-                f"{sum(r['val'][-1]['queries'] for r in runs) / len(runs):.0f}",
-                f"{per_step:.2f}",
-                "" if one is None else f"{per_step / one:.2f}",
+                fmt(check["reward_gain"]),
+                fmt(check["judge_gain"]),
+                f"{check['shown_base']:.0%} -> {check['shown_final']:.0%}",
+                "**flagged**" if check["flagged"] else "no",
             ]
         )
-    headers = [
-        "method",
-        "reward at step 0",
-        "final reward (mean +- sd over seeds)",
-        "final val/diversity (captions)",
-        "final diversity (empty prompt)",
-        "optimiser steps",
-        "reward queries",
-        "s / step",
-        "step time / DRaFT-1's",
-    ]
-    return _table(headers, rows)
+    return rows
 
 
-def diversity_points(
-    results: dict, settings: dict, early_stopping: list[dict] | None = None
-) -> dict[str, dict[str, tuple]]:
-    """(validation reward on the captions, diversity of the empty prompt's samples), means
-    over seeds, per variant and grouped by role: the base model (step 0; the adapter at
-    strength 0), unregularised DRaFT-LV, DRaFT+ at each weight, and the DRaFT-LV adapter at
-    each LoRA scale; with `early_stopping` (DRaFT-LV runs that measured the empty prompt at
-    every evaluation) also its path. The reward is the one trained for; the diversity is
-    the model's."""
-    lv = results["DRaFT-LV (n=2)"]
+def results_rows(groups: dict) -> list[list[str]]:
+    rows = []
+    for name, runs in groups.items():
+        reward = mean_interval(claims.final_values(runs))
+        judge = mean_interval(claims.final_values(runs, "judge"))
+        rows.append(
+            [
+                name,
+                len(runs),
+                f"{statistics.fmean(claims.base_values(runs)):.3f}",
+                fmt(reward),
+                fmt(judge),
+                runs[0]["val"][-1]["step"],
+                f"{statistics.fmean(r['val'][-1]['queries'] for r in runs):.0f}",
+                f"{claims.seconds_per_step(runs):.2f}",
+                f"{sum(r['wall_seconds'] for r in runs) / 60:.1f}",
+                ", ".join(sorted({r["commit"] for r in runs})),
+            ]
+        )
+    return rows
 
-    def mean(values) -> float:
-        values = list(values)
-        return sum(values) / len(values)
 
-    def diversity(runs: list[dict], scale: float) -> float:
-        return mean(run["unconditional"][f"{scale:g}"]["diversity"] for run in runs)
-
-    def trained(runs: list[dict]) -> tuple[float, float]:
-        return final(runs)[0], diversity(runs, 1.0)
-
-    def scaled(x: float) -> tuple[float, float]:
-        return mean(run["lora_scaled"][str(x)]["reward"] for run in lv), diversity(lv, x)
-
-    early = {}
-    if early_stopping:
-        for i in range(min(len(run["val"]) for run in early_stopping)):
-            evaluations = [run["val"][i] for run in early_stopping]
-            early[f"step {evaluations[0]['step']}"] = (
-                mean(e["reward"] for e in evaluations),
-                mean(e["unconditional"]["diversity"] for e in evaluations),
+def k_rows(groups: dict, settings: dict) -> list[list[str]]:
+    """K = 5 and K = 10 against full DRaFT at both chain lengths (no verdict: registered as
+    descriptive)."""
+    rows = []
+    for t in (settings["num_steps"], settings["long_num_steps"]):
+        full = groups.get(label(FULL, t))
+        for name in (ONE, K5, K10):
+            runs = groups.get(label(name, t))
+            if runs is None or full is None:
+                continue
+            j = claims.small_k_beats_full(runs, full, name)
+            rows.append(
+                [
+                    t,
+                    name,
+                    fmt(mean_interval([claims.area_per_step(r) for r in runs])),
+                    fmt(j.interval),
+                ]
             )
-    return {
-        "early": early,
-        "base": {"base model": (mean(run["val"][0]["reward"] for run in lv), diversity(lv, 0.0))},
-        "plain": {"DRaFT-LV": trained(lv)},
-        "kl": {f"DRaFT+ kl {c:g}": trained(results[draftp_name(c)]) for c in settings["kl_coeffs"]},
-        "scaled": {f"LoRA scale {x:g}": scaled(x) for x in settings["lora_scales"]},
+    return rows
+
+
+def diversity_points(groups: dict, settings: dict) -> dict[str, list[tuple[float, float]]]:
+    t = settings["num_steps"]
+    lv = groups.get(label(LV, t))
+    plus = groups.get(f"DRaFT+ (kl {settings['kl_coeff']:g}), T={t}")
+    if lv is None:
+        return {}
+    paths = [claims.diversity_path(run) for run in lv]
+    length = min(len(p) for p in paths)
+    points = {
+        "DRaFT-LV while training (stop early), mean": [
+            (statistics.fmean(p[i][0] for p in paths), statistics.fmean(p[i][1] for p in paths))
+            for i in range(length)
+        ]
     }
+    if plus is not None:
+        points[f"DRaFT+ (kl {settings['kl_coeff']:g}), end"] = [
+            (
+                statistics.fmean(r["val"][-1]["reward"] for r in plus),
+                statistics.fmean(r["unconditional"]["1"]["diversity"] for r in plus),
+            )
+        ]
+    for scale in settings["lora_scales"]:
+        key = f"{scale:g}"
+        points[f"DRaFT-LV at LoRA strength {key}"] = [
+            (
+                statistics.fmean(r["lora_scaled"][key]["reward"] for r in lv),
+                statistics.fmean(r["lora_scaled"][key]["unconditional"]["diversity"] for r in lv),
+            )
+        ]
+    return points
 
 
-def toy_model_facts(folder: str) -> str:
-    """How the toy model was pretrained and how well it follows captions (its quality.json),
-    so the doc names the exact model the numbers come from."""
-    import json
+def figures(everything: dict, folder: Path) -> dict[str, Path]:
+    s, groups = everything["settings"], everything["groups"]
+    t, long_t = s["num_steps"], s["long_num_steps"]
+    paths: dict[str, Path] = {}
 
-    report = Path(folder).expanduser() / "quality.json"
-    if not report.is_file():
-        return ""
-    quality = json.loads(report.read_text())
-    settings = quality.get("settings", {})
-    keys = ("classifier_steps", "vae_steps", "unet_steps", "unet_batch", "unet_lr", "seed")
-    trained = ", ".join(f"{k}={settings[k]}" for k in keys if k in settings)
-    by_guidance = quality.get("generation", {}).get("by_guidance", {})
-    agreement = "; ".join(
-        f"guidance {scale}: " + ", ".join(f"{a} {v:.2f}" for a, v in values.items())
-        for scale, values in by_guidance.items()
-    )
-    return (
-        f"- Toy model pretraining (its quality.json): {trained}"
-        + (f"; architecture {settings['architecture']}" if "architecture" in settings else "")
-        + f". Caption agreement of generated images (toy classifier): {agreement}."
-    )
+    def pick(names: list[str]) -> dict[str, list[dict]]:
+        return {name: groups[name] for name in names if name in groups}
 
-
-DDPO_LONG = "DDPO, long run (one seed)"
-
-
-def write_report(everything: dict, out: Path, figures: Path, command: str) -> None:
-    settings, results = everything["settings"], everything["results"]
-    norms = everything["gradient_norms"]
-    ddpo_long = everything.get("ddpo_long")
-    # The long run joins the table and its own figure (in every other figure its longer
-    # axis would squash the rest); appended last, so every method keeps its colour.
-    with_long = {**results, DDPO_LONG: [ddpo_long]} if ddpo_long else results
-    relative = os.path.relpath(figures, out.parent)
-    figure_paths = {
-        "queries": plots.reward_curves(results, "queries", figures / "reward_vs_queries.png",
-                                       log_x=True),
-        "seconds": plots.reward_curves(results, "seconds", figures / "reward_vs_seconds.png"),
-        "steps": plots.reward_curves(
-            results,
-            "step",
-            figures / "reward_vs_steps_k.png",
-            names={"DRaFT-1", "DRaFT-K (K=5)", "DRaFT-K (K=10)", "full DRaFT", "DRaFT-LV (n=2)"},
-        ),
-        "norms": plots.gradient_norms(norms, figures / "gradient_norm_vs_k.png"),
-    }  # fmt: skip
-    if ddpo_long:
-        figure_paths["ddpo_long"] = plots.reward_curves(
-            with_long,
+    efficiency = pick([label(ONE, t), label(LV, t), f"DRaFT+ (kl {s['kl_coeff']:g}), T={t}"])
+    if efficiency:
+        paths["efficiency"] = plots.curves(
+            efficiency, "step", folder / "efficiency.png", "DRaFT-1, DRaFT-LV, DRaFT+ (claims 1, 6)"
+        )
+    for steps in (t, long_t):
+        chain = pick([label(name, steps) for name in (ONE, K5, K10, FULL)])
+        if len(chain) > 1:
+            paths[f"chain{steps}"] = plots.curves(
+                chain,
+                "step",
+                folder / f"chain_T{steps}.png",
+                f"DRaFT-K and full DRaFT, T = {steps}",
+            )
+    if everything["norms"]:
+        paths["norms"] = plots.gradient_norms(
+            {t: [seed["norms"] for seed in seeds] for t, seeds in everything["norms"].items()},
+            folder / "gradient_norm_vs_k.png",
+        )
+    sweep = {k: [v] for k, v in everything["sweep"].items() if v is not None}
+    if sweep:
+        paths["sweep"] = plots.curves(
+            sweep, "queries", folder / "ddpo_sweep.png", f"DDPO sweep (seed {s['ddpo_sweep_seed']})"
+        )
+    ddpo = {n: r for n, r in groups.items() if n.startswith("DDPO") and "control" not in n}
+    if ddpo and label(ONE, t) in groups:
+        paths["ddpo"] = plots.curves(
+            {label(ONE, t): groups[label(ONE, t)], **ddpo},
             "queries",
-            figures / "ddpo_long_run.png",
-            names={"DRaFT-1", "DRaFT-LV (n=2)", "DDPO", DDPO_LONG},
+            folder / "ddpo_vs_draft.png",
+            "DDPO against DRaFT-1 (claim 5)",
             log_x=True,
         )
-    points = diversity_points(results, settings, everything.get("early_stopping"))
-    figure_paths["diversity"] = plots.diversity(points, figures / "diversity.png")
+    control = {n: r for n, r in groups.items() if "red control" in n}
+    if control:
+        paths["control"] = plots.curves(
+            control, "queries", folder / "ddpo_control.png", "DDPO positive control: red (claim 4)"
+        )
+    points = diversity_points(groups, s)
+    if points:
+        paths["diversity"] = plots.diversity(points, folder / "diversity.png")
+    main = {n: r for n, r in groups.items() if "control" not in n}
+    if main:
+        first = next(iter(main.values()))[0]["samples"]
+        per_seed = s["num_val_seeds"]
+        columns = list(range(0, len(first["base"]["prompts"]), per_seed))  # validation seed 0
+        rows = {"base model": decode_pixels(first["base"])[columns]}
+        for name, runs in main.items():
+            rows[name] = decode_pixels(runs[0]["samples"]["final"])[columns]
+        paths["samples"] = plots.sample_grid(
+            rows, [first["base"]["prompts"][c] for c in columns], folder / "samples.png"
+        )
+    if control:
+        runs = next(iter(control.values()))
+        first = runs[0]["samples"]
+        rows = {"base model": decode_pixels(first["base"]), "DDPO": decode_pixels(first["final"])}
+        paths["control_samples"] = plots.sample_grid(
+            rows, first["base"]["prompts"], folder / "samples_red_control.png"
+        )
+    return paths
 
-    verdicts = []
-    checks = [
-        ("DRaFT-LV reaches DRaFT-1's reward in fewer steps at small extra cost",
-         lambda: claims.lv_faster_than_one(results)),
-        ("Small K beats full backpropagation per step, and the gradient norm grows with K",
-         lambda: claims.small_k_beats_full(results, norms)),
-        ("Gradient methods need far fewer reward queries than DDPO",
-         lambda: claims.fewer_queries_than_ddpo(results, ddpo_long)),
-        ("Unregularised training loses diversity; the DRaFT+ term or LoRA scaling keeps more",
-         lambda: claims.diversity_kept(points)),
-    ]  # fmt: skip
-    for claim, check in checks:
-        try:
-            verdict, evidence = check()
-        except KeyError as missing:  # a method left out with --methods
-            verdict, evidence = "not run", f"needs the {missing} runs"
-        verdicts.append([claim, f"**{verdict}**", evidence])
+
+def provenance(everything: dict) -> list[str]:
+    """When and on what the runs ran, against the registration."""
+    runs = [r for runs in everything["groups"].values() for r in runs]
+    runs += [r for seeds in everything["norms"].values() for r in seeds]
+    runs += [r for r in everything["sweep"].values() if r is not None]
+    registered = registration()
+    lines = []
+    if registered is None:
+        lines.append(
+            "- Registration: experiments/preregistration.md is not committed as it "
+            "stands: **no result below is confirmatory**."
+        )
+    else:
+        early = [r for r in runs if r["started"] < registered[1]]
+        lines.append(
+            f"- Registration: experiments/preregistration.md as committed in {registered[0]} "
+            f"({_utc(registered[1])}); "
+            + (
+                f"**{len(early)} runs started before it: not confirmatory**"
+                if early
+                else "every run below started after it"
+            )
+        )
+    if runs:
+        commits = sorted({r["commit"] for r in runs})
+        wall = sum(r.get("wall_seconds", 0.0) for r in runs)
+        lines.append(
+            f"- Code: commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}; runs started "
+            f"between {_utc(min(r['started'] for r in runs))} and "
+            f"{_utc(max(r['started'] for r in runs))}; {wall / 60:.0f} min of training and "
+            "evaluation in all"
+        )
+    lines.append(
+        f"- Machine: {os.cpu_count()} CPU cores ({platform.machine()}), Python "
+        f"{platform.python_version()}, no GPU. Seconds per step are this CPU's figures."
+    )
+    return lines
+
+
+def write_report(everything: dict, out: Path, figure_folder: Path, command: str) -> None:
+    s, groups = everything["settings"], everything["groups"]
+    relative = os.path.relpath(figure_folder, out.parent)
+    paths = figures(everything, figure_folder)
 
     def figure(key: str, caption: str) -> str:
-        return f"![{caption}]({relative}/{figure_paths[key].name})\n\n*{caption}*\n"
+        if key not in paths:
+            return ""
+        return f"![{caption}]({relative}/{paths[key].name})\n\n*{caption}*\n"
 
-    s = settings
-    reward = (
-        f"ToyAttributeReward({s['reward_attribute']}={s['reward_value']}, temperature "
-        f"{s['reward_temperature']}): the toy classifier's probability of that attribute "
-        "(logits divided by the temperature), for every prompt, whatever the caption asks for"
-        if s["use_toy_reward"]
-        else "Brightness (smoke run on the random tiny model)"
-    )
+    missing = everything["missing"]
+    quoted = rules()
+    choice = everything.get("choice")
     doc = [
-        "# Experiments: the paper's findings on the toy world\n",
-        f"Generated by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; its runs "
-        f"finished between {_utc(everything['finished'][0])} and "
-        f"{_utc(everything['finished'][1])} UTC ({everything['seconds'] / 60:.0f} min in this "
-        "invocation, the rest read from its cache; "
-        f"{os.cpu_count()} CPU cores, Python {platform.python_version()}, no GPU). Do not edit "
-        "by hand: rerun it. Every number and figure below comes from that run.\n",
+        "# Experiments: the paper's claims on the toy world, pre-registered\n",
+        f"Generated by `{command}` on {_utc(datetime.now(timezone.utc).timestamp())} from the "
+        "cached runs of the plan (`make experiments`; the parts run separately with `make "
+        "experiments-efficiency`, `experiments-chain` and `experiments-ddpo`). Do not edit by "
+        "hand: rerun it.\n",
+        *provenance(everything),
+        "- Not run yet: "
+        + (", ".join(f"{name} ({n} seeds)" for name, n in missing.items()) or "nothing")
+        + "\n",
         "## Setup\n",
-        f"- Model: `{s['pretrained_model']}` (`make toy`), DDIM {s['num_steps']} steps, "
-        f"guidance {s['guidance_scale']}, {s['resolution']} px.",
-        toy_model_facts(s["pretrained_model"]) if s["use_toy_reward"] else "",
-        f"- Reward: {reward}.",
-        f"- Gradient methods: LoRA rank {s['lora_rank']}, AdamW lr {s['lr']} (no weight "
-        f"decay), gradient clipping 1.0, batch {s['batch_size']}, {s['gradient_steps']} "
-        "optimiser steps; the same settings for every method, not tuned per method.",
-        f"- DDPO: eta 1, batch {s['ddpo_batch_size']} trajectories, 2 PPO updates per batch, "
-        f"{s['ddpo_batches']} batches, AdamW lr {s['ddpo_lr']} (weight decay 1e-4), clip "
-        "range 1e-4, per-prompt reward statistics once a caption has 16 rewards (the batch's "
-        "until then)."
-        + (
-            f" Its long run: seed {s['ddpo_long_seed']}, {s['ddpo_long_batches']} batches, "
-            f"evaluated every {s['ddpo_long_val_every']} batches."
-            if ddpo_long
-            else " No long run (`--ddpo-long-batches`)."
-        ),
-        f"- Validation: {s['num_val_prompts']} fixed captions x {s['num_val_seeds']} seeds "
-        f"every {s['val_every']} steps; seeds {', '.join(map(str, s['seeds']))} for every "
-        "method. Curves are means over seeds, shaded min to max.",
-        "- Diversity: the mean pairwise "
-        + (
-            "cosine distance between the toy classifier's penultimate-layer features (what "
-            "the images depict, not their pixels)"
-            if s["use_toy_reward"]
-            else "RMS pixel distance"
+        f"- Model: `{s['pretrained_model']}`, {s['resolution']} px, guidance "
+        f"{s['guidance_scale']}, DDIM with T = {s['num_steps']} (and {s['long_num_steps']}).",
+        f"- Gradient methods: LoRA rank {s['lora_rank']}, AdamW lr {s['lr']}, gradient clipping "
+        f"1.0, batch {s['batch_size']}, {s['gradient_steps']} optimiser steps, evaluated every "
+        f"{s['val_every']} steps on {s['num_val_prompts']} captions x {s['num_val_seeds']} seeds; "
+        f"seeds {', '.join(map(str, s['seeds']))}.",
+        f"- DDPO: batches of {s['ddpo_batch_size']}, sweep over (lr, clip) "
+        + ", ".join(f"({lr:g}, {clip:g})" for lr, clip in s["ddpo_sweep"])
+        + (f"; chosen: lr {choice[0]:g}, clip {choice[1]:g}" if choice else "; sweep not run")
+        + ".",
+        "- Intervals: 95%, over seeds (t, Welch or percentile bootstrap as registered).\n",
+        "## Verdicts\n",
+        _table(
+            ["#", "claim", "metric [95% interval]", "threshold", "verdict", "evidence"],
+            verdict_rows(everything),
         )
-        + f", as `val/diversity` computes it, among {s['diversity_seeds']} final samples of the "
-        "empty prompt (the toy model learned it as its caption-dropout branch, so they vary in "
-        "every attribute); `val/diversity` on the validation captions is listed too. Early "
-        "stopping: DRaFT-LV trained again with the empty prompt measured at every evaluation. "
-        "DRaFT+: DRaFT-LV with kl_coeff "
-        + ", ".join(f"{c:g}" for c in s["kl_coeffs"])
-        + "; LoRA scaling: each seed's trained DRaFT-LV adapter evaluated at strength "
-        + ", ".join(f"{x:g}" for x in s["lora_scales"])
-        + ".\n",
-        "## The claims\n",
-        _table(["claim (the paper)", "verdict", "evidence from this run"], verdicts) + "\n",
+        + "\n",
+        "### The registered rules (quoted from experiments/preregistration.md)\n",
+        *[f"- **Claim {n}.** {text}" for n, text in quoted.items()],
+        "",
         NOTES.read_text().strip() + "\n" if NOTES.exists() else "",
-        "## Results\n",
-        results_table(with_long) + "\n",
-        figure("queries", "Validation reward against reward queries (images scored)."),
-        figure("seconds", "Validation reward against training wall time on this CPU."),
-        figure("steps", "Validation reward against optimiser steps: K and DRaFT-LV."),
-        figure("norms", "LoRA gradient norm of DRaFT-K's loss at the pretrained model."),
-        figure(
-            "ddpo_long",
-            f"DDPO's long run (one seed) and its {len(s['seeds'])}-seed runs against DRaFT-1 "
-            "and DRaFT-LV: validation reward against reward queries.",
+        "## Reward hacking check\n",
+        "Reward gain and the judge's gain (final minus step 0, paired by seed); how many "
+        "validation samples the judge reads as showing the rewarded attribute, base model -> "
+        "end; flagged where the reward rises and the judge does not.\n",
+        _table(
+            ["runs", "reward gain", "judge gain", "judge: shows it", "hacking"],
+            hacking_rows(groups),
         )
-        if ddpo_long
+        + "\n"
+        if groups
+        else "",
+        "## Results\n",
+        _table(
+            [
+                "runs",
+                "seeds",
+                "reward at step 0",
+                "final reward",
+                "final judge",
+                "optimiser steps",
+                "reward queries",
+                "s / step",
+                "wall min (all seeds)",
+                "commit",
+            ],
+            results_rows(groups),
+        )
+        + "\n"
+        if groups
+        else "",
+        (
+            "K = 1, 5, 10 against full DRaFT (mean reward over evaluations; difference to full "
+            "DRaFT, Welch 95%):\n\n"
+            + _table(["T", "method", "reward area", "minus full DRaFT"], k_rows(groups, s))
+            + "\n"
+        )
+        if k_rows(groups, s)
         else "",
         figure(
-            "diversity",
-            "Validation reward (captions) against the diversity of the empty prompt's "
-            "samples: base model, DRaFT-LV and the remedies.",
+            "samples",
+            "The same captions and seeds (validation seed 0): base model and each "
+            "method's final adapter (seed 0 run).",
         ),
+        figure("efficiency", "Validation reward and judge against optimiser steps (95% bands)."),
+        figure(f"chain{s['num_steps']}", f"K and full backpropagation at T = {s['num_steps']}."),
+        figure(
+            f"chain{s['long_num_steps']}",
+            f"K and full backpropagation at T = {s['long_num_steps']}.",
+        ),
+        figure("norms", "LoRA gradient norm of DRaFT-K's loss at the pretrained model."),
+        figure("sweep", "DDPO's sweep on the main task (one seed)."),
+        figure("ddpo", "DDPO against DRaFT-1: reward against reward queries."),
+        figure("control", "DDPO's positive control: reward red on captions without a colour."),
+        figure("control_samples", "Positive control samples: base model and DDPO (seed 0)."),
+        figure("diversity", "Reward against the empty prompt's diversity."),
     ]
-    _write(out, "\n".join(doc))
+    _write(out, "\n".join(line for line in doc if line is not None))

@@ -1,15 +1,19 @@
-"""One training run (a method, a seed) and the gradient-norm-against-K measurement."""
+"""One training run (a RunSpec) and the gradient-norm-against-K measurement."""
 
 from __future__ import annotations
 
+import base64
 import logging
+import subprocess
+import time
 import warnings
+from pathlib import Path
 
 import torch
 
-from experiments.methods import Method
+from experiments import methods
 from experiments.recorder import Recorder
-from experiments.settings import ExperimentSettings
+from experiments.settings import ExperimentSettings, RunSpec
 
 warnings.filterwarnings("ignore", message=".*eval mode.*")
 warnings.filterwarnings("ignore", message=".*self.log.*")
@@ -17,108 +21,127 @@ warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 for _name in ("lightning.pytorch", "lightning.fabric"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 
+ROOT = Path(__file__).resolve().parents[1]
+# The attribute each task rewards: (attribute, value).
+TASKS = {"circle": ("shape", "circle"), "red": ("colour", "red")}
 
-def toy_prompts(settings: ExperimentSettings) -> tuple[list[str], list[str]]:
-    """Training prompts (every caption of the toy world) and fixed validation prompts."""
+
+def commit() -> str:
+    """The code's short commit, `-dirty` with uncommitted changes: recorded with every run."""
+    out = subprocess.run(
+        ["git", "describe", "--always", "--dirty=-dirty", "--abbrev=7"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip() or "unknown"
+
+
+def prompts(settings: ExperimentSettings, task: str) -> tuple[list[str], list[str]]:
+    """Training prompts and the fixed validation prompts of a task: the main task trains on
+    every fully stated caption; the red control trains and validates on the first
+    `ddpo_control_prompts` captions that state everything but the colour (fixed shuffle)."""
     if not settings.use_toy_reward:
+        if task == "red":
+            return ["a circle", "a square"], ["a circle", "a square"]
         return ["a red circle", "a blue square", "a cat", "a dog"], ["a red circle", "a cat"]
     from draft_lightning.toy import world
 
-    captions = world.all_captions()
     generator = torch.Generator().manual_seed(12345)
+    if task == "red":
+        colourless = [
+            caption
+            for caption in world.all_captions(include_partial=True)
+            if set(world.parse_caption(caption)) == set(world.ATTRIBUTES) - {"colour"}
+        ]
+        order = torch.randperm(len(colourless), generator=generator).tolist()
+        chosen = [colourless[i] for i in order[: settings.ddpo_control_prompts]]
+        return chosen, chosen
+    captions = world.all_captions()
     order = torch.randperm(len(captions), generator=generator).tolist()
     return captions, [captions[i] for i in order[: settings.num_val_prompts]]
 
 
-def reward(settings: ExperimentSettings):
+def reward(settings: ExperimentSettings, task: str):
     if not settings.use_toy_reward:
         from draft_lightning.rewards import Brightness
 
         return Brightness()
     from draft_lightning.toy.rewards import ToyAttributeReward
 
+    attribute, value = TASKS[task]
     return ToyAttributeReward(
-        attribute=settings.reward_attribute,
-        value=settings.reward_value,
+        attribute=attribute,
+        value=value,
         classifier=settings.classifier,
         temperature=settings.reward_temperature,
     )
 
 
-def pretrained_model(settings: ExperimentSettings) -> str:
-    if settings.pretrained_model is not None:
-        return settings.pretrained_model
-    from draft_lightning.toy.paths import toy_sd_path
+def judge(task: str):
+    """The toy judge asked the task's question (its verdicts: how many images show it)."""
+    from draft_lightning.toy.judge import ToyJudgeReward
 
-    return str(toy_sd_path())
+    attribute, value = TASKS[task]
+    return ToyJudgeReward(attribute=attribute, value=value, name="judge")
 
 
-def build_module(settings: ExperimentSettings, method: Method, seed: int, **overrides):
+def build_module(settings: ExperimentSettings, spec: RunSpec):
     from draft_lightning.baselines.ddpo import DDPOModule
     from draft_lightning.models.lora import LoraSettings
     from draft_lightning.module import DraftModule
     from draft_lightning.samplers.settings import SamplingSettings
 
     kwargs = {
-        "reward": reward(settings),
-        "pretrained_model": pretrained_model(settings),
+        "reward": reward(settings, spec.task),
+        "heldout_rewards": [judge(spec.task)],
+        "pretrained_model": settings.pretrained_model or "toy:sd",
         "sampling": SamplingSettings(
-            settings.num_steps, settings.guidance_scale, 0.0, settings.resolution
+            spec.num_steps, settings.guidance_scale, 0.0, settings.resolution
         ),
         "lora": LoraSettings(rank=settings.lora_rank),
         "optimizer": lambda params: torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0),
-        "seed": seed,
-        **method.build(settings),
-        **overrides,
+        "seed": spec.seed,
+        **methods.module_options(settings, spec),
     }
-    torch.manual_seed(seed)  # the LoRA's random A
-    return (DDPOModule if method.ddpo else DraftModule)(**kwargs)
+    torch.manual_seed(spec.seed)  # the LoRA's random A
+    return (DDPOModule if spec.ddpo else DraftModule)(**kwargs)
 
 
-def train(
-    settings: ExperimentSettings,
-    method: Method,
-    seed: int,
-    lora_scales=(),
-    unconditional_every_eval: bool = False,
-    val_every: int | None = None,
-    **overrides,
-) -> dict:
-    """Fit one run; return its per-step and per-evaluation records, plus evaluations of the
-    final adapter at other LoRA strengths (`lora_scales`). `unconditional_every_eval` adds
-    the empty prompt's reward and diversity to every evaluation (the early-stopping path);
-    `val_every` (training batches) replaces the settings' evaluation interval."""
+def train(settings: ExperimentSettings, spec: RunSpec) -> dict:
+    """Fit one run; return its per-step and per-evaluation records, the final adapter at
+    other strengths, the empty prompt's samples, and the base and final samples of the
+    validation captions (for grids and the judge's verdicts)."""
     from lightning.pytorch import Trainer
 
     from draft_lightning.data import PromptDataModule
 
-    module = build_module(settings, method, seed, **overrides)
-    train_prompts, val_prompts = toy_prompts(settings)
-    batch_size = settings.ddpo_batch_size if method.ddpo else settings.batch_size
+    started, clock = time.time(), time.perf_counter()
+    module = build_module(settings, spec)
+    train_prompts, val_prompts = prompts(settings, spec.task)
     data = PromptDataModule(
         train_prompts=train_prompts,
         val_prompts=val_prompts,
-        batch_size=batch_size,
+        batch_size=settings.ddpo_batch_size if spec.ddpo else settings.batch_size,
         val_batch_size=8,
         num_val_prompts=len(val_prompts),
         num_val_seeds=settings.num_val_seeds,
-        seed=seed,
+        seed=spec.seed,
     )
-    steps = 2 * settings.ddpo_batches if method.ddpo else settings.gradient_steps
-    if val_every is None:
-        val_every = max(1, settings.ddpo_batches // 4) if method.ddpo else settings.val_every
     recorder = Recorder(
         (lambda m: {"unconditional": unconditional_samples(m, settings, 1.0)})
-        if unconditional_every_eval
+        if spec.track_diversity
         else None
     )
+    base = validation_samples(module, settings, val_prompts, spec.task)
     trainer = Trainer(
         accelerator="cpu",
-        max_steps=steps,
-        val_check_interval=val_every,
+        # DDPO: two PPO updates (optimiser steps) per sampled batch.
+        max_steps=2 * spec.budget if spec.ddpo else spec.budget,
+        val_check_interval=spec.val_every,
         check_val_every_n_epoch=None,
         num_sanity_val_steps=-1,
-        gradient_clip_val=None if method.ddpo else 1.0,
+        gradient_clip_val=None if spec.ddpo else 1.0,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -129,22 +152,55 @@ def train(
     if recorder.val[-1]["step"] != trainer.global_step:  # evaluate the final adapter
         trainer.validate(module, data, verbose=False)
     scaled = {}
-    for scale in lora_scales:
+    for scale in spec.lora_scales:
         module.lora_scale = scale
         trainer.validate(module, data, verbose=False)  # `validate` uses lora_scale
-        scaled[str(scale)] = dict(recorder.val.pop())
+        scaled[f"{scale:g}"] = dict(recorder.val.pop())
+        scaled[f"{scale:g}"]["unconditional"] = unconditional_samples(module, settings, scale)
         module.lora_scale = 1.0
-    # Scale 0 turns the adapter off: the base model, on the same seeds.
-    unconditional_scales = (0.0, *lora_scales, 1.0) if lora_scales else (1.0,)
     return {
         "train": recorder.train,
         "val": recorder.val,
         "lora_scaled": scaled,
         "unconditional": {
-            f"{scale:g}": unconditional_samples(module, settings, scale)
-            for scale in unconditional_scales
+            f"{scale:g}": unconditional_samples(module, settings, scale) for scale in (0.0, 1.0)
         },
+        "samples": {
+            "base": base,
+            "final": validation_samples(module, settings, val_prompts, spec.task),
+        },
+        "commit": commit(),
+        "started": started,
+        "wall_seconds": time.perf_counter() - clock,
     }
+
+
+@torch.no_grad()
+def validation_samples(module, settings: ExperimentSettings, val_prompts, task: str) -> dict:
+    """The validation captions' images (validation seeds 0..n-1, the adapter as it is), as
+    uint8 bytes for the grids, with the judge's verdict on each."""
+    pairs = [(p, s) for p in val_prompts for s in range(settings.num_val_seeds)]
+    images = torch.cat(
+        [
+            module.generate([p for p, _ in pairs[i : i + 8]], [s for _, s in pairs[i : i + 8]])
+            for i in range(0, len(pairs), 8)
+        ]
+    )
+    verdicts = module.heldout_rewards[0].verdicts(images, [p for p, _ in pairs])
+    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    return {
+        "prompts": [p for p, _ in pairs],
+        "seeds": [s for _, s in pairs],
+        "shape": list(pixels.shape),
+        "pixels": base64.b64encode(pixels.numpy().tobytes()).decode(),
+        "judge_verdicts": [bool(v) for v in verdicts],
+    }
+
+
+def decode_pixels(samples: dict) -> torch.Tensor:
+    """validation_samples' images back as a uint8 tensor [N, 3, H, W]."""
+    raw = bytearray(base64.b64decode(samples["pixels"]))
+    return torch.frombuffer(raw, dtype=torch.uint8).reshape(samples["shape"])
 
 
 @torch.no_grad()
@@ -155,45 +211,47 @@ def unconditional_samples(module, settings: ExperimentSettings, lora_scale: floa
     from draft_lightning.evaluation.diversity import mean_pairwise_distance
 
     seeds = [10_000 + i for i in range(settings.diversity_seeds)]
-    prompts = [""] * len(seeds)
+    empty = [""] * len(seeds)
     module.lora_scale = lora_scale
     module.use_generation_adapters()
     images = torch.cat(
-        [module.generate(prompts[i : i + 8], seeds[i : i + 8]) for i in range(0, len(seeds), 8)]
+        [module.generate(empty[i : i + 8], seeds[i : i + 8]) for i in range(0, len(seeds), 8)]
     )
     features = module.reward.image_features(images)
     cosine = features is not None
     if not cosine:  # pixels, as val/diversity does for rewards without an embedding
         features = torch.nn.functional.interpolate(images.float(), size=(32, 32), mode="area")
-    reward = module.reward(images, prompts).float().mean()
+    value = module.reward(images, empty).float().mean()
     module.lora_scale = 1.0
     module.use_training_adapter()
     return {
-        "reward": float(reward),
+        "reward": float(value),
         "diversity": float(mean_pairwise_distance(features.flatten(1), cosine)),
     }
 
 
-def gradient_norms(settings: ExperimentSettings, seed: int) -> dict[str, list[float]]:
-    """LoRA gradient norm of DRaFT-K's loss at the pretrained model, for each K, on fixed
-    batches: how the gradient through K sampling steps grows with K (the paper's Figure 4)."""
+def gradient_norms(settings: ExperimentSettings, seed: int, num_steps: int) -> dict:
+    """LoRA gradient norm of DRaFT-K's loss at the pretrained model, for each K of claim 3,
+    on fixed batches: how the gradient through K sampling steps grows with K (the paper's
+    Figure 4)."""
     from draft_lightning.estimators import DraftK
-    from experiments.methods import all_methods
 
-    module = build_module(settings, all_methods()[0], seed)
-    train_prompts, _ = toy_prompts(settings)
+    started = time.time()
+    module = build_module(settings, RunSpec(methods.ONE, seed, num_steps=num_steps))
+    train_prompts, _ = prompts(settings, "circle")
     generator = torch.Generator().manual_seed(seed)
-    norms: dict[str, list[float]] = {str(k): [] for k in settings.grad_norm_ks}
+    ks = settings.grad_norm_ks(num_steps)
+    norms: dict[str, list[float]] = {str(k): [] for k in ks}
     for batch_index in range(settings.grad_norm_batches):
         rows = torch.randint(len(train_prompts), (settings.batch_size,), generator=generator)
-        prompts = [train_prompts[i] for i in rows.tolist()]
-        for k in settings.grad_norm_ks:
-            module.estimator = DraftK(min(k, settings.num_steps))
+        batch = [train_prompts[i] for i in rows.tolist()]
+        for k in ks:
+            module.estimator = DraftK(min(k, num_steps))
             for p in module.trainable_parameters():
                 p.grad = None
             module.seed = 1000 * seed + batch_index  # fresh noise per batch, same for every K
-            loss = module.training_step({"prompts": prompts}, 0)
+            loss = module.training_step({"prompts": batch}, 0)
             grads = torch.autograd.grad(loss, module.trainable_parameters(), allow_unused=True)
             norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))
             norms[str(k)].append(float(norm))
-    return norms
+    return {"norms": norms, "commit": commit(), "started": started}

@@ -1,12 +1,13 @@
-"""Run every experiment and write docs/experiments.md with its figures (`make experiments`).
+"""Run the registered experiments and write docs/experiments.md (`make experiments`).
 
-    OMP_NUM_THREADS=2 .venv/bin/python -m experiments.run_all [--smoke] [--methods A,B]
-        [--seeds 0,1,2]
+    OMP_NUM_THREADS=2 .venv/bin/python -m experiments.run_all [--part all|efficiency|chain|ddpo]
+        [--report-only] [--smoke] [--seeds 0,1,2,3,4] [--extra-methods A,B]
 
-Each finished run is cached in .cache/experiments/ (keyed by its settings and the weights of
-the toy model and classifier), so an interrupted `make experiments` resumes where it
-stopped, a rerun with everything cached only rewrites the doc, and a new `make toy` starts
-afresh.
+Each finished run is cached in .cache/experiments/ (keyed by its RunSpec, the shared settings
+and the weights of the toy model and classifier), so an interrupted part resumes where it
+stopped, parts run on different days add up, and a new toy model starts afresh. Whatever
+part ran, the report is written from every cached run of the plan; a claim whose runs are
+missing says which part to run.
 """
 
 from __future__ import annotations
@@ -19,15 +20,15 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from experiments.methods import Method, draftp_name, select
-from experiments.settings import ExperimentSettings, smoke
+from experiments import plan
+from experiments.methods import check_extra
+from experiments.settings import ExperimentSettings, RunSpec, smoke
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "experiments"
 DOC = ROOT / "docs" / "experiments.md"
 FIGURES = ROOT / "docs" / "images" / "experiments"
-COMMAND = "make experiments  (OMP_NUM_THREADS=2 .venv/bin/python -m experiments.run_all)"
-FINISHED: list[float] = []  # when each run this report uses finished (its cache file's time)
+COMMAND = "OMP_NUM_THREADS=2 .venv/bin/python -m experiments.run_all"
 
 
 def resolve_paths(settings: ExperimentSettings) -> ExperimentSettings:
@@ -56,103 +57,134 @@ def weights_fingerprint(settings: ExperimentSettings) -> str:
     return digest.hexdigest()[:16]
 
 
-# Read by the DDPO long run alone, which puts them in its key as ddpo_batches and its name:
-# kept out of the other runs' keys, so changing them does not invalidate those runs.
-LONG_RUN_FIELDS = ("ddpo_long_batches", "ddpo_long_seed", "ddpo_long_val_every")
+class Cache:
+    """Finished runs on disk, one JSON file per key (written atomically)."""
+
+    def __init__(self, folder: Path, settings: ExperimentSettings) -> None:
+        self.folder = folder
+        self.shared = settings.shared() | {"weights": weights_fingerprint(settings)}
+        self.ran: list[str] = []  # what this invocation computed
+
+    def key(self, kind: str, what: dict) -> str:
+        return json.dumps([kind, what, self.shared], sort_keys=True, default=str)
+
+    def path(self, kind: str, what: dict) -> Path:
+        digest = hashlib.sha1(self.key(kind, what).encode()).hexdigest()[:16]
+        return self.folder / f"{kind}-{digest}.json"
+
+    def get(self, kind: str, what: dict) -> dict | None:
+        path = self.path(kind, what)
+        return json.loads(path.read_text())["result"] if path.is_file() else None
+
+    def get_or_run(self, kind: str, what: dict, compute, label: str) -> dict:
+        found = self.get(kind, what)
+        if found is not None:
+            return found
+        start = time.perf_counter()
+        result = compute()
+        print(f"  {label}: {time.perf_counter() - start:.0f} s", flush=True)
+        path = self.path(kind, what)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": self.key(kind, what), "result": result}))
+        tmp.replace(path)
+        self.ran.append(label)
+        return result
 
 
-def cache_key(kind: str, name: str, seed: int, settings: ExperimentSettings) -> str:
-    """What identifies a run: its kind, name, seed, the settings it reads and the weights."""
-    skip = ("seeds", "methods", *LONG_RUN_FIELDS)
-    fields = {k: v for k, v in asdict(settings).items() if k not in skip}
-    fields["weights"] = weights_fingerprint(settings)
-    return json.dumps([kind, name, seed, fields], sort_keys=True, default=str)
+def spec_key(spec: RunSpec) -> dict:
+    return asdict(spec)
 
 
-def cached(
-    cache: Path, kind: str, name: str, seed: int, settings: ExperimentSettings, compute
-) -> dict:
-    """Run `compute()` once per (kind, name, seed, settings); the result lives in CACHE
-    (--cache), so a rerun or an interrupted run skips what is done."""
-    key = cache_key(kind, name, seed, settings)
-    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
-    path = cache / f"{kind}-{digest}.json"
-    if path.is_file():
-        FINISHED.append(path.stat().st_mtime)
-        return json.loads(path.read_text())["result"]
-    start = time.perf_counter()
-    result = compute()
-    print(f"  {kind} {name} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": key, "result": result}))
-    tmp.replace(path)
-    FINISHED.append(path.stat().st_mtime)
-    return result
+def norm_key(settings: ExperimentSettings, seed: int, num_steps: int) -> dict:
+    ks = settings.grad_norm_ks(num_steps)
+    return {
+        "seed": seed,
+        "num_steps": num_steps,
+        "ks": ks,
+        "batches": settings.grad_norm_batches,
+        "batch_size": settings.batch_size,
+    }
 
 
-def run_everything(settings: ExperimentSettings, cache: Path = CACHE) -> dict:
+def sweep_choice(settings: ExperimentSettings, cache: Cache) -> tuple[float, float] | None:
+    """The sweep's (lr, clip) with the highest final validation reward gain; None until the
+    whole sweep is cached."""
+    gains = {}
+    for spec in plan.sweep_runs(settings):
+        result = cache.get("train", spec_key(spec))
+        if result is None:
+            return None
+        gains[(spec.ddpo_lr, spec.ddpo_clip)] = (
+            result["val"][-1]["reward"] - result["val"][0]["reward"]
+        )
+    return max(gains, key=gains.get)
+
+
+def run_part(part: str, settings: ExperimentSettings, cache: Cache) -> None:
     from experiments import run
-    from experiments.methods import all_methods
 
-    def every_seed(method: Method, kind: str = "train", **train_options) -> list[dict]:
-        return [
-            cached(
-                cache,
-                kind,
-                method.name,
-                seed,
-                settings,
-                lambda s=seed: run.train(settings, method, s, **train_options),
-            )
-            for seed in settings.seeds
-        ]
+    def train(spec: RunSpec) -> None:
+        label = f"{spec.label} seed {spec.seed}"
+        cache.get_or_run("train", spec_key(spec), lambda: run.train(settings, spec), label)
 
-    results: dict[str, list[dict]] = {}
-    for method in select(settings.methods):
-        scales = settings.lora_scales if method.name == "DRaFT-LV (n=2)" else ()
-        results[method.name] = every_seed(method, lora_scales=scales)
-    lv = next(m for m in all_methods() if m.name == "DRaFT-LV (n=2)")
-    for kl_coeff in settings.kl_coeffs:
-        results[draftp_name(kl_coeff)] = every_seed(
-            Method(draftp_name(kl_coeff), lv.build), kl_coeff=kl_coeff
-        )
-    # DRaFT-LV again, with the empty prompt measured at every evaluation: what stopping
-    # unregularised training early gives, to set the remedies' diversity against.
-    early_stopping = every_seed(lv, "trajectory", unconditional_every_eval=True)
-    norms: dict[str, list[float]] = {}
-    for seed in settings.seeds:
-        measured = cached(
-            cache,
-            "gradnorm",
-            "DRaFT-K",
-            seed,
-            settings,
-            lambda s=seed: run.gradient_norms(settings, s),
-        )
-        for k, values in measured.items():
-            norms.setdefault(k, []).extend(values)
-    # DDPO once more, longer, on one seed (last: the longest run): whether and when it gains.
-    ddpo = next(m for m in all_methods() if m.ddpo)
-    long_settings = replace(settings, ddpo_batches=settings.ddpo_long_batches)
-    ddpo_long = None
-    if ddpo.name in results and settings.ddpo_long_batches > 0:
-        ddpo_long = cached(
-            cache,
-            "ddpo-long",
-            f"{ddpo.name}, evaluated every {settings.ddpo_long_val_every} batches",
-            settings.ddpo_long_seed,
-            long_settings,
-            lambda: run.train(
-                long_settings, ddpo, settings.ddpo_long_seed, val_every=settings.ddpo_long_val_every
-            ),
-        )
+    print(f"[experiments] part {part}", flush=True)
+    if part == "efficiency":
+        for spec in plan.efficiency_runs(settings):
+            train(spec)
+    elif part == "chain":
+        for spec in plan.chain_runs(settings):
+            train(spec)
+        for num_steps in plan.gradient_norm_lengths(settings):
+            for seed in settings.seeds:
+                cache.get_or_run(
+                    "gradnorm",
+                    norm_key(settings, seed, num_steps),
+                    lambda s=seed, t=num_steps: run.gradient_norms(settings, s, t),
+                    f"gradient norms T={num_steps} seed {seed}",
+                )
+    elif part == "ddpo":
+        for spec in plan.sweep_runs(settings):
+            train(spec)
+        for spec in plan.ddpo_runs(settings, sweep_choice(settings, cache)):
+            train(spec)
+
+
+def collect(settings: ExperimentSettings, cache: Cache) -> dict:
+    """Every cached run of the plan, grouped by label (lists over seeds, complete groups
+    only), with the gradient norms and the DDPO sweep."""
+    specs = plan.efficiency_runs(settings) + plan.chain_runs(settings)
+    choice = sweep_choice(settings, cache)
+    sweep = {s.label: cache.get("train", spec_key(s)) for s in plan.sweep_runs(settings)}
+    if choice is not None:
+        specs += plan.ddpo_runs(settings, choice)
+    groups: dict[str, list[tuple[RunSpec, dict | None]]] = {}
+    for spec in specs:  # DRaFT-1 at T = num_steps is in two parts: counted once
+        runs = groups.setdefault(spec.label, [])
+        if all(known != spec for known, _ in runs):
+            runs.append((spec, cache.get("train", spec_key(spec))))
+    complete = {
+        label: [result for _, result in runs]
+        for label, runs in groups.items()
+        if all(result is not None for _, result in runs)
+    }
+    missing = {
+        label: sum(result is None for _, result in runs)
+        for label, runs in groups.items()
+        if label not in complete
+    }
+    norms = {}
+    for num_steps in plan.gradient_norm_lengths(settings):
+        found = [cache.get("gradnorm", norm_key(settings, s, num_steps)) for s in settings.seeds]
+        if all(found):
+            norms[num_steps] = found
     return {
         "settings": asdict(settings),
-        "results": results,
-        "early_stopping": early_stopping,
-        "ddpo_long": ddpo_long,
-        "gradient_norms": norms,
+        "groups": complete,
+        "missing": missing,
+        "norms": norms,
+        "sweep": sweep,
+        "choice": choice,
     }
 
 
@@ -162,51 +194,44 @@ def seed_list(text: str) -> tuple[int, ...]:
         seeds = tuple(int(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a comma-separated list of integers (e.g. 0,1,2)"
+            f"{text!r} is not a comma-separated list of integers (e.g. 0,1,2,3,4)"
         ) from None
-    if any(seed < 0 for seed in seeds):
-        raise argparse.ArgumentTypeError(f"{text!r}: seeds must be >= 0")
+    if any(seed < 0 for seed in seeds) or len(seeds) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: give at least two seeds, each >= 0")
     return seeds
-
-
-def batches(text: str) -> int:
-    """--ddpo-long-batches: a count >= 0, or a one-line usage error."""
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of batches (an integer >= 0)")
-    return int(text)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("all", *plan.PARTS), default="all")
+    parser.add_argument("--report-only", action="store_true", help="train nothing")
     parser.add_argument("--smoke", action="store_true", help="tiny random model, seconds")
-    parser.add_argument("--methods", help="comma-separated subset of the methods")
-    parser.add_argument("--seeds", type=seed_list, help="comma-separated seeds (default 0,1,2)")
-    parser.add_argument(
-        "--ddpo-long-batches",
-        type=batches,
-        default=0,
-        help="also train DDPO on one seed for this many batches of 32 (default 0: not run)",
-    )
+    parser.add_argument("--seeds", type=seed_list, help="comma-separated seeds (default 0-4)")
+    parser.add_argument("--extra-methods", help="context runs beside DRaFT-1 (e.g. ReFL)")
     parser.add_argument("--out", type=Path, default=DOC, help="where to write the doc")
     parser.add_argument("--figures", type=Path, default=FIGURES, help="where the PNGs go")
     parser.add_argument("--cache", type=Path, default=CACHE, help="finished runs (resume)")
     args = parser.parse_args()
     settings = smoke() if args.smoke else ExperimentSettings()
-    if args.methods:
-        settings = replace(settings, methods=tuple(args.methods.split(",")))
-    if args.ddpo_long_batches:
-        settings = replace(settings, ddpo_long_batches=args.ddpo_long_batches)
     if args.seeds:
         settings = replace(settings, seeds=args.seeds)
+    if args.extra_methods:
+        extra = tuple(args.extra_methods.split(","))
+        check_extra(extra)
+        settings = replace(settings, extra_methods=extra)
     settings = resolve_paths(settings)
+    cache = Cache(args.cache, settings)
     start = time.perf_counter()
-    everything = run_everything(settings, args.cache)
+    if not args.report_only:
+        for part in plan.PARTS if args.part == "all" else (args.part,):
+            run_part(part, settings, cache)
+    everything = collect(settings, cache)
     everything["seconds"] = time.perf_counter() - start
-    everything["finished"] = (min(FINISHED), max(FINISHED))
     from experiments.report import write_report
 
-    write_report(everything, args.out, args.figures, COMMAND + (" --smoke" if args.smoke else ""))
-    print(f"wrote {args.out} in {everything['seconds']:.0f} s", file=sys.stderr)
+    command = COMMAND + (" --smoke" if args.smoke else "")
+    write_report(everything, args.out, args.figures, command)
+    print(f"wrote {args.out} ({len(cache.ran)} runs trained now)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,12 @@ from __future__ import annotations
 import torch
 
 from experiments import run
-from experiments.methods import all_methods
-from experiments.settings import smoke
+from experiments.settings import RunSpec, smoke
 
 
 def test_unconditional_samples_at_strength_zero_are_the_base_model():
     settings = smoke()
-    module = run.build_module(settings, all_methods()[0], seed=0)
+    module = run.build_module(settings, RunSpec("DRaFT-1", 0, num_steps=settings.num_steps))
     base = run.unconditional_samples(module, settings, 0.0)
     assert base == run.unconditional_samples(module, settings, 1.0)  # B = 0: nothing learned
     with torch.no_grad():

@@ -1,0 +1,157 @@
+"""`make experiments` end to end at smoke size (tiny random model, every run of the plan, two
+seeds), so the experiment driver, its claims and its report cannot rot between full runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_smoke(out: Path, figures: Path, cache: Path, *options: str) -> subprocess.CompletedProcess:
+    """One thread: two OpenMP threads beside other processes on 2 cores run far slower."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.run_all",
+            "--smoke",
+            "--out",
+            str(out),
+            "--figures",
+            str(figures),
+            "--cache",
+            str(cache),
+            *options,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def verdict_rows(doc: str) -> list[str]:
+    table = doc.split("## Verdicts")[1].split("### The registered rules")[0]
+    return [line for line in table.splitlines() if line.startswith("| ") and "**" in line]
+
+
+def test_every_part_runs_and_the_report_judges_every_claim(tmp_path):
+    out, figures, cache = tmp_path / "experiments.md", tmp_path / "figures", tmp_path / "cache"
+    # One part first: the others' claims say which part they need.
+    result = run_smoke(out, figures, cache, "--part", "efficiency")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = verdict_rows(out.read_text())
+    assert len(rows) == 10, rows
+    not_run = [row for row in rows if "**not run**" in row]
+    assert len(not_run) == 6 and all("make experiments-" in row for row in not_run), not_run
+    assert "make experiments-chain" in not_run[0] and "make experiments-ddpo" in not_run[-1]
+
+    result = run_smoke(out, figures, cache)  # the rest; the efficiency runs come from the cache
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "DRaFT-1, T=4 seed 0" not in result.stdout  # cached, not trained again
+    doc = out.read_text()
+    rows = verdict_rows(doc)
+    assert len(rows) == 10 and not any("not run" in row for row in rows), rows
+    assert all(
+        any(f"**{v}**" in row for v in ("reproduced", "not reproduced", "inconclusive"))
+        for row in rows
+    ), rows
+    assert "partly" not in doc
+    # The registered rules are quoted, and the provenance names commits and the machine.
+    assert doc.count("- **Claim ") == 6 and "Code: commit" in doc and "CPU cores" in doc
+    for group in ("DRaFT-1, T=4", "full DRaFT, T=6", "DRaFT+ (kl 0.01), T=4", "DDPO (lr 0.01"):
+        assert f"| {group}" in doc, group
+    assert "red control, T=4 |" in doc
+    assert "Not run yet: nothing" in doc
+    pngs = sorted(p.name for p in figures.glob("*.png"))
+    expected = {
+        "efficiency.png",
+        "chain_T4.png",
+        "chain_T6.png",
+        "gradient_norm_vs_k.png",
+        "ddpo_sweep.png",
+        "ddpo_vs_draft.png",
+        "ddpo_control.png",
+        "diversity.png",
+        "samples.png",
+        "samples_red_control.png",
+    }
+    assert set(pngs) == expected, pngs
+    assert all((figures / p).stat().st_size > 3000 for p in pngs)
+    for png in expected:
+        assert f"figures/{png})" in doc, png
+    # Everything is cached: a second invocation trains nothing.
+    again = run_smoke(out, figures, cache, "--report-only")
+    assert again.returncode == 0 and "(0 runs trained now)" in again.stderr, again.stderr
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--seeds", "0,x", "--seeds: '0,x' is not a comma-separated list of integers"),
+        ("--seeds", "3", "--seeds: '3': give at least two seeds, each >= 0"),
+        ("--part", "fast", "--part: invalid choice: 'fast'"),
+    ],
+)
+def test_bad_options_are_refused_in_one_line_before_anything_runs(tmp_path, option, value, message):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.run_all",
+            "--smoke",
+            option,
+            value,
+            "--out",
+            str(tmp_path / "doc.md"),
+            "--cache",
+            str(tmp_path / "cache"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr.strip().splitlines()[-1], result.stderr
+    assert not (tmp_path / "doc.md").exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_run_key_holds_its_spec_and_the_shared_settings_only():
+    from dataclasses import replace
+
+    from experiments.run_all import Cache, spec_key
+    from experiments.settings import RunSpec, smoke
+
+    settings = smoke()
+    cache = Cache(Path("unused"), settings)
+    spec = RunSpec("DRaFT-1", 0, num_steps=4, budget=2)
+    key = cache.key("train", spec_key(spec))
+    # A budget of another experiment (DDPO's) does not invalidate this run ...
+    assert (
+        Cache(Path("unused"), replace(settings, ddpo_batches=99)).key("train", spec_key(spec))
+        == key
+    )
+    # ... the shared learning rate and the run's own budget do.
+    assert Cache(Path("unused"), replace(settings, lr=0.5)).key("train", spec_key(spec)) != key
+    assert cache.key("train", spec_key(replace(spec, budget=3))) != key
+
+
+def test_runs_started_before_the_registration_are_not_confirmatory(monkeypatch):
+    from experiments import report
+
+    monkeypatch.setattr(report, "registration", lambda: ("abc1234", 1000.0))
+    run = {"commit": "def5678", "started": 2000.0, "wall_seconds": 60.0}
+    everything = {"groups": {"x": [run, dict(run)]}, "norms": {}, "sweep": {}}
+    assert "every run below started after it" in report.provenance(everything)[0]
+    everything["groups"]["x"][1]["started"] = 500.0
+    assert "1 runs started before it: not confirmatory" in report.provenance(everything)[0]
+    monkeypatch.setattr(report, "registration", lambda: None)
+    assert "no result below is confirmatory" in report.provenance(everything)[0]
