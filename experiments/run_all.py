@@ -32,23 +32,29 @@ COMMAND = "OMP_NUM_THREADS=2 .venv/bin/python -m experiments.run_all"
 
 
 def resolve_paths(settings: ExperimentSettings) -> ExperimentSettings:
-    """Absolute toy model and classifier folders, fixed before anything else is imported."""
+    """Absolute toy model and classifier folders (the newest of `make toy`'s and the ones
+    shipped in the package), fixed before any run."""
     if not settings.use_toy_reward:
         return settings
-    from draft_lightning.toy.paths import default_classifier_path, toy_sd_path
+    from draft_lightning.toy.paths import toy_classifier_path, toy_sd_path
 
     return replace(
         settings,
         pretrained_model=settings.pretrained_model or str(toy_sd_path()),
-        classifier=settings.classifier or str(default_classifier_path()),
+        classifier=settings.classifier or str(toy_classifier_path()),
     )
 
 
 def weights_fingerprint(settings: ExperimentSettings) -> str:
-    """Hash of the model's and classifier's weight files: the cache key names folders, and
-    `make toy` rewrites the same folders with a different model."""
+    """Hash of the model's, classifier's and judge's weight files: the cache key names
+    folders, and `make toy` rewrites the same folders with a different model."""
+    judge = None
+    if settings.use_toy_reward:
+        from draft_lightning.toy.paths import toy_judge_path
+
+        judge = str(toy_judge_path())
     digest = hashlib.sha1()
-    for folder in (settings.pretrained_model, settings.classifier):
+    for folder in (settings.pretrained_model, settings.classifier, judge):
         if folder is None or not Path(folder).is_dir():
             continue  # a built-in tiny model: its name identifies it
         for path in sorted(Path(folder).rglob("*.safetensors")):
