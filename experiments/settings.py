@@ -124,7 +124,7 @@ def smoke() -> ExperimentSettings:
         num_steps=4,
         long_num_steps=6,
         gradient_steps=2,
-        val_every=1,
+        val_every=2,
         lora_scales=(0.5,),
         grad_norm_batches=1,
         ddpo_batch_size=2,

@@ -56,6 +56,8 @@ def test_every_part_runs_and_the_report_judges_every_claim(tmp_path):
     result = run_smoke(out, figures, cache)  # the rest; the efficiency runs come from the cache
     assert result.returncode == 0, result.stderr[-3000:]
     assert "DRaFT-1, T=4 seed 0" not in result.stdout  # cached, not trained again
+    # 14 chain runs (DRaFT-1 at T=4 was cached), 4 gradient-norm measurements, 6 DDPO runs.
+    assert "(24 runs trained now)" in result.stderr, result.stderr[-2000:]
     doc = out.read_text()
     rows = verdict_rows(doc)
     assert len(rows) == 10 and not any("not run" in row for row in rows), rows
@@ -87,9 +89,7 @@ def test_every_part_runs_and_the_report_judges_every_claim(tmp_path):
     assert all((figures / p).stat().st_size > 3000 for p in pngs)
     for png in expected:
         assert f"figures/{png})" in doc, png
-    # Everything is cached: a second invocation trains nothing.
-    again = run_smoke(out, figures, cache, "--report-only")
-    assert again.returncode == 0 and "(0 runs trained now)" in again.stderr, again.stderr
+
 
 
 @pytest.mark.parametrize(
