@@ -59,7 +59,7 @@ def finish_like_the_interpreter(status: int, sigint: bool = False) -> None:
         os._exit(status)
 
 
-def child(argv: list[str], cwd: str, out: int, err: int) -> None:
+def child(argv: list[str], cwd: str, out: int, err: int, replies: int) -> None:
     """In the forked child: become the console-script process and never return."""
     import random
 
@@ -69,7 +69,7 @@ def child(argv: list[str], cwd: str, out: int, err: int) -> None:
     os.dup2(stdin, 0)
     os.dup2(out, 1)
     os.dup2(err, 2)
-    for fd in (stdin, out, err):
+    for fd in (stdin, out, err, replies):  # a fresh process has none of the server's files
         os.close(fd)
     sys.argv = [argv[0].removesuffix(".exe"), *argv[1:]]  # as the generated script does
     try:
@@ -86,7 +86,7 @@ def child(argv: list[str], cwd: str, out: int, err: int) -> None:
         finish_like_the_interpreter(1)
 
 
-def run(request: dict) -> dict:
+def run(request: dict, replies: int) -> dict:
     """Fork one child for the request, wait for it (killing it at the timeout), reply."""
     import signal
 
@@ -98,7 +98,7 @@ def run(request: dict) -> dict:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            child(request["argv"], request["cwd"], files[0][0], files[1][0])
+            child(request["argv"], request["cwd"], files[0][0], files[1][0], replies)
         for fd, _ in files:
             os.close(fd)
         timeout = request.get("timeout")
@@ -141,7 +141,7 @@ def serve() -> None:
     replies.write(json.dumps({"ready": True}) + "\n")
     replies.flush()
     for line in sys.stdin:
-        replies.write(json.dumps(run(json.loads(line))) + "\n")
+        replies.write(json.dumps(run(json.loads(line), replies.fileno())) + "\n")
         replies.flush()
 
 
