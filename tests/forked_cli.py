@@ -9,12 +9,14 @@ a fresh process for everything else: it runs what the console script runs (`sys.
 with the same sys.argv), in its own working directory, with stdin, stdout and stderr of its
 own, and ends the way an interpreter ends (threads joined, atexit handlers, streams flushed,
 exit status from SystemExit, a traceback and status 1 from an uncaught exception, death by
-SIGINT from an uncaught KeyboardInterrupt). The environment is the server's, which the
-client only reuses for a command whose environment is exactly the same.
+SIGINT from an uncaught KeyboardInterrupt). The environment is the command's: the client
+only sends a command to a server started with the same one (see lightning_runs.PER_COMMAND
+for the one variable that may differ), since some are read as modules import.
 
-Protocol: one JSON request per line on stdin {"argv": [...], "cwd": ..., "timeout": s|null};
-one JSON reply per line {"returncode": int|null, "stdout": hex, "stderr": hex} (returncode
-null: killed at the timeout). A first line {"ready": true} says the imports are done.
+Protocol: one JSON request per line on stdin {"argv": [...], "cwd": ..., "env": {...},
+"timeout": s|null}; one JSON reply per line {"returncode": int|null, "stdout": hex,
+"stderr": hex} (returncode null: killed at the timeout). A first line {"ready": true} says
+the imports are done.
 """
 
 from __future__ import annotations
@@ -59,11 +61,13 @@ def finish_like_the_interpreter(status: int, sigint: bool = False) -> None:
         os._exit(status)
 
 
-def child(argv: list[str], cwd: str, out: int, err: int, replies: int) -> None:
+def child(argv: list[str], cwd: str, env: dict, out: int, err: int, replies: int) -> None:
     """In the forked child: become the console-script process and never return."""
     import random
 
     random.seed()  # a fresh interpreter seeds from the OS, not from its parent's state
+    os.environ.clear()  # the command's own (differing from the server's at most in
+    os.environ.update(env)  # variables nothing reads at import, see lightning_runs)
     os.chdir(cwd)
     stdin = os.open(os.devnull, os.O_RDONLY)
     os.dup2(stdin, 0)
@@ -98,7 +102,8 @@ def run(request: dict, replies: int) -> dict:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            child(request["argv"], request["cwd"], files[0][0], files[1][0], replies)
+            out, err = files[0][0], files[1][0]
+            child(request["argv"], request["cwd"], request["env"], out, err, replies)
         for fd, _ in files:
             os.close(fd)
         timeout = request.get("timeout")

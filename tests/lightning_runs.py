@@ -70,6 +70,9 @@ CLI_SCRIPTS = ("lightning", "draft-lightning")
 MAX_SERVERS = 3
 _servers: OrderedDict[tuple, subprocess.Popen] = OrderedDict()
 _seen: set[tuple] = set()  # environments of earlier commands
+# Set by pytest for each test and read by nothing at import: the child gets the command's
+# own value, and a server serves every test.
+PER_COMMAND = ("PYTEST_CURRENT_TEST",)
 
 
 def run_command(
@@ -81,13 +84,13 @@ def run_command(
     has already imported the CLI (forked_cli.py says why that is the same run), else as a
     plain subprocess. Same result, exit status, output and timeout behaviour either way."""
     env = dict(os.environ if env is None else env)
-    key = tuple(sorted(env.items()))
+    key = tuple(sorted((k, v) for k, v in env.items() if k not in PER_COMMAND))
     if not _runs_the_cli(Path(command[0])) or not _worth_a_server(key):
         return subprocess.run(
             command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
         )
     server = _server(key, env)
-    request = {"argv": [str(a) for a in command], "cwd": str(cwd), "timeout": timeout}
+    request = {"argv": [str(a) for a in command], "cwd": str(cwd), "env": env, "timeout": timeout}
     server.stdin.write(json.dumps(request) + "\n")
     server.stdin.flush()
     line = server.stdout.readline()
