@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import ROOT, TEST_PATH, make_module
 from lightning.pytorch import Trainer
+from lightning_runs import run_command
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from draft_lightning.data import PromptDataModule
@@ -35,6 +36,18 @@ def env() -> dict[str, str]:
         "PYTHONPATH": TEST_PATH,
         "OMP_NUM_THREADS": "1",
     }
+
+
+def launch(
+    command: list[str], cwd: Path, devices: int, timeout: float
+) -> subprocess.CompletedProcess:
+    """Run `command`: with one device in its own process forked after the imports
+    (lightning_runs.run_command); with two, as a subprocess whose ranks are its children."""
+    if devices == 1:
+        return run_command(command, cwd=cwd, env=env(), timeout=timeout)
+    return subprocess.run(
+        command, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
@@ -97,22 +110,9 @@ def test_validation_reward_is_the_mean_over_every_rank(tmp_path, tiny_sd):
     for devices in (1, 2):
         run = tmp_path / f"d{devices}"
         run.mkdir()
-        completed = subprocess.run(
-            [
-                LIGHTNING,
-                "validate",
-                *TINY,
-                "--trainer.devices",
-                str(devices),
-                "--trainer.strategy",
-                "ddp" if devices > 1 else "auto",
-            ],
-            cwd=run,
-            env=env(),
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        command = [LIGHTNING, "validate", *TINY, "--trainer.devices", str(devices),
+                   "--trainer.strategy", "ddp" if devices > 1 else "auto"]  # fmt: skip
+        completed = launch(command, run, devices, timeout=180)
         assert completed.returncode == 0, completed.stderr[-2000:]
         (log_dir,) = (run / "runs" / "draft_k").iterdir()
         results[devices] = scalars(log_dir, "val/reward")[-1][1]
@@ -167,7 +167,7 @@ def one_step(tmp_path: Path, devices: int, batch: int, record: Path) -> dict[str
     """LoRA weights after one plain SGD step (lr 1), so updates compare as gradients."""
     run = tmp_path / f"devices{devices}"
     run.mkdir()
-    completed = subprocess.run(
+    completed = launch(
         [
             LIGHTNING,
             "fit",
@@ -200,10 +200,8 @@ def one_step(tmp_path: Path, devices: int, batch: int, record: Path) -> dict[str
             "--trainer.callbacks.folder",
             str(record),
         ],
-        cwd=run,
-        env=env(),
-        capture_output=True,
-        text=True,
+        run,
+        devices,
         timeout=240,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 import torch
 import yaml
 from flow_reference import load_diffusers
+from lightning_runs import run_command
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -28,12 +28,12 @@ def lightning_fit(configs: list[str], args: list[str], cwd: Path, env=None):
     command = [str(Path(sys.executable).parent / "lightning"), "fit"]
     for config in configs:
         command += ["--config", str(CONFIGS / f"{config}.yaml")]
-    return subprocess.run(
+    # In its own process (forked after the imports when others ran in the same environment:
+    # lightning_runs.run_command).
+    return run_command(
         [*command, "--trainer.enable_progress_bar", "false", *args],
         cwd=cwd,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=300,
     )
 

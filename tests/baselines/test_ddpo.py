@@ -4,7 +4,6 @@ per-prompt advantages, checkpointed state, and a short fit on the tiny model."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 from conftest import ROOT, make_module
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning_runs import run_command
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from draft_lightning.baselines.ddpo import DDPOModule
@@ -277,9 +277,8 @@ def test_the_ddpo_config_fits_through_the_cli_on_the_tiny_model(tiny_sd, tmp_pat
     ]
     lightning = Path(sys.executable).with_name("lightning")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [str(lightning), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
+    # In its own process, forked after the imports (lightning_runs.run_command).
+    result = run_command([str(lightning), *args], cwd=tmp_path, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "runs" / "ddpo" / "version_0"
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})

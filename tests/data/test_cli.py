@@ -4,11 +4,11 @@ a non-zero exit status, before any training step."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from lightning_runs import run_command
 
 ROOT = Path(__file__).resolve().parents[2]
 LIGHTNING = Path(sys.executable).with_name("lightning")
@@ -46,9 +46,8 @@ def test_bad_prompt_input_is_one_line_through_the_cli(tmp_path, case):
         "1",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
+    # In its own process, forked after the imports (lightning_runs.run_command).
+    result = run_command(command, cwd=tmp_path, env=env, timeout=300)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr + result.stdout
     lines = result.stderr.strip().splitlines()

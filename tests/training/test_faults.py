@@ -18,6 +18,7 @@ import pytest
 import torch
 from conftest import ROOT, TEST_PATH
 from lightning.pytorch import Callback
+from lightning_runs import run_command
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -26,8 +27,9 @@ STEPS = 4  # validation after steps 2 and 4, and of the base model at step 0
 
 
 def fit(run: Path, *extra: str, command: str = "fit") -> subprocess.CompletedProcess:
+    """`lightning <command>` in its own process (forked after the imports: run_command)."""
     env = {**os.environ, "PYTHONPATH": TEST_PATH, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
+    return run_command(
         [LIGHTNING, command, "--config", str(ROOT / "configs/draft_lv.yaml"),
          "--config", str(ROOT / "configs/cpu_tiny.yaml"),
          "--trainer.max_steps", str(STEPS), "--trainer.val_check_interval", "2",
@@ -36,7 +38,7 @@ def fit(run: Path, *extra: str, command: str = "fit") -> subprocess.CompletedPro
          "--data.num_val_prompts", "2", "--data.num_val_seeds", "1",
          "--trainer.callbacks+", "plugins.recorders.RecordRewards",
          "--trainer.callbacks.folder", str(run / "record"), *extra],
-        cwd=run, env=env, capture_output=True, text=True, timeout=240,
+        cwd=run, env=env, timeout=240,
     )  # fmt: skip
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from conftest import ROOT, TEST_PATH
+from lightning_runs import run_command
 
 LIGHTNING = str(Path(sys.executable).with_name("lightning"))
 N = 3
@@ -22,7 +23,8 @@ def fit(run: Path, *extra: str) -> subprocess.CompletedProcess:
         "PYTHONPATH": TEST_PATH,
         "OMP_NUM_THREADS": "1",
     }
-    return subprocess.run(
+    # In its own process, forked after the imports (lightning_runs.run_command).
+    return run_command(
         [LIGHTNING, "fit", "--config", str(ROOT / "configs/draft_lv.yaml"),
          "--config", str(ROOT / "configs/cpu_tiny.yaml"),
          "--trainer.max_steps", str(2 * N), "--checkpoint.every_n_train_steps", str(N),
@@ -30,7 +32,7 @@ def fit(run: Path, *extra: str) -> subprocess.CompletedProcess:
          "--model.sampling.num_steps", "4",
          "--trainer.callbacks+", "plugins.recorders.RecordRewards",
          "--trainer.callbacks.folder", str(run / "record"), *extra],
-        cwd=run, env=env, capture_output=True, text=True, timeout=240,
+        cwd=run, env=env, timeout=240,
     )  # fmt: skip
 
 

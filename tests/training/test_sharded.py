@@ -26,7 +26,10 @@ from draft_lightning.models.lora import LORA_WEIGHTS_NAME, LoraSettings
 from draft_lightning.training.sharding import stored_shapes
 
 LIGHTNING = str(Path(sys.executable).with_name("lightning"))
-N = 2
+# One optimiser step (two micro-batches per rank) before the kill and one after the resume:
+# every assertion below is written in N, and a resume from step 1 restores the same state
+# (adapter shards, optimiser, RNG, data position) that one from a later step does.
+N = 1
 RUN = "runs/flux_draft_lv/version_0"
 CACHE_LINE = "prompt_embedding_cache: embedded"
 
