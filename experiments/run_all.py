@@ -63,12 +63,24 @@ def weights_fingerprint(settings: ExperimentSettings) -> str:
     return digest.hexdigest()[:16]
 
 
+def portable(shared: dict) -> dict:
+    """The shared settings as a key: a model or classifier folder is named by its weights
+    (the fingerprint), not by where the checkout lies, so a moved or second checkout finds
+    the same runs."""
+    return {
+        name: "folder"
+        if name in ("pretrained_model", "classifier") and Path(str(value)).is_dir()
+        else value
+        for name, value in shared.items()
+    }
+
+
 class Cache:
     """Finished runs on disk, one JSON file per key (written atomically)."""
 
     def __init__(self, folder: Path, settings: ExperimentSettings) -> None:
         self.folder = folder
-        self.shared = settings.shared() | {"weights": weights_fingerprint(settings)}
+        self.shared = portable(settings.shared()) | {"weights": weights_fingerprint(settings)}
         self.ran: list[str] = []  # what this invocation computed
 
     def key(self, kind: str, what: dict) -> str:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,7 +92,6 @@ def test_every_part_runs_and_the_report_judges_every_claim(tmp_path):
         assert f"figures/{png})" in doc, png
 
 
-
 @pytest.mark.parametrize(
     "option, value, message",
     [
@@ -155,3 +155,26 @@ def test_runs_started_before_the_registration_are_not_confirmatory(monkeypatch):
     assert "1 runs started before it: not confirmatory" in report.provenance(everything)[0]
     monkeypatch.setattr(report, "registration", lambda: None)
     assert "no result below is confirmatory" in report.provenance(everything)[0]
+
+
+def test_a_run_key_names_model_folders_by_their_weights_not_their_place(tmp_path):
+    from dataclasses import replace
+
+    from safetensors.torch import save_file
+
+    from experiments.run_all import Cache, spec_key
+    from experiments.settings import ExperimentSettings, RunSpec
+
+    def folder(name: str, value: float) -> str:
+        path = tmp_path / name / "unet"
+        path.mkdir(parents=True)
+        save_file({"w": torch.full((2,), value)}, str(path / "model.safetensors"))
+        return str(tmp_path / name)
+
+    spec = RunSpec("DRaFT-1", 0)
+    here = ExperimentSettings(pretrained_model=folder("a", 1.0), classifier=folder("c", 2.0))
+    moved = replace(here, pretrained_model=folder("b", 1.0))  # a copy elsewhere
+    retrained = replace(here, pretrained_model=folder("d", 3.0))
+    key = Cache(tmp_path, here).key("train", spec_key(spec))
+    assert Cache(tmp_path, moved).key("train", spec_key(spec)) == key
+    assert Cache(tmp_path, retrained).key("train", spec_key(spec)) != key
