@@ -187,21 +187,47 @@ def verdict_rows(everything: dict) -> list[list[str]]:
     return rows
 
 
-def hacking_rows(groups: dict) -> list[list[str]]:
+OTHER_ATTRIBUTES = ("colour", "size", "position", "background")
+
+
+def caption_agreement(runs: list[dict], stage: str) -> dict[str, float]:
+    """Exploratory (not registered): of the validation samples, the fraction the judge reads
+    as showing the colour, size, position and background their caption states. A reward for
+    the shape alone can be gamed by drawing one thing for every caption; that loses these."""
+    import torch
+
+    from draft_lightning.toy.judge import ToyJudgeReward
+
+    shown = {}
+    for attribute in OTHER_ATTRIBUTES:
+        judge = ToyJudgeReward(attribute=attribute, value="caption")
+        fractions = []
+        for run in runs:
+            samples = run["samples"][stage]
+            images = decode_pixels(samples).float() / 255
+            with torch.no_grad():
+                fractions.append(float(judge.verdicts(images, samples["prompts"]).float().mean()))
+        shown[attribute] = statistics.fmean(fractions)
+    return shown
+
+
+def hacking_rows(groups: dict, toy: bool) -> list[list[str]]:
     rows = []
     for name, runs in groups.items():
         if "red control" in name:
             continue
         check = claims.hacking(runs)
-        rows.append(
-            [
-                name,
-                fmt(check["reward_gain"]),
-                fmt(check["judge_gain"]),
-                f"{check['shown_base']:.0%} -> {check['shown_final']:.0%}",
-                "**flagged**" if check["flagged"] else "no",
-            ]
-        )
+        row = [
+            name,
+            fmt(check["reward_gain"]),
+            fmt(check["judge_gain"]),
+            f"{check['shown_base']:.0%} -> {check['shown_final']:.0%}",
+            "**flagged**" if check["flagged"] else "no",
+        ]
+        if toy:
+            base, end = caption_agreement(runs, "base"), caption_agreement(runs, "final")
+            row.append(", ".join(f"{a} {base[a]:.0%} -> {end[a]:.0%}" for a in OTHER_ATTRIBUTES))
+        rows.append(row)
     return rows
 
 
@@ -436,12 +462,19 @@ def write_report(everything: dict, out: Path, figure_folder: Path, command: str)
         "",
         NOTES.read_text().strip() + "\n" if NOTES.exists() else "",
         "## Reward hacking check\n",
-        "Reward gain and the judge's gain (final minus step 0, paired by seed); how many "
-        "validation samples the judge reads as showing the rewarded attribute, base model -> "
-        "end; flagged where the reward rises and the judge does not.\n",
+        "Registered: reward gain and the judge's gain (final minus step 0, paired by seed); how "
+        "many validation samples the judge reads as showing the rewarded attribute, base model "
+        "-> end; flagged where the reward rises and the judge does not. Exploratory (added "
+        "after the runs, on their stored samples): how many samples the judge reads as "
+        "showing the colour, size, position and background their caption states.\n",
         _table(
-            ["runs", "reward gain", "judge gain", "judge: shows it", "hacking"],
-            hacking_rows(groups),
+            ["runs", "reward gain", "judge gain", "judge: shows it", "hacking (registered)"]
+            + (
+                ["judge: caption's other attributes shown (exploratory)"]
+                if s["use_toy_reward"]
+                else []
+            ),
+            hacking_rows(groups, s["use_toy_reward"]),
         )
         + "\n"
         if groups

@@ -24,3 +24,25 @@ def test_unconditional_samples_at_strength_zero_are_the_base_model():
     assert base["diversity"] > 0  # distinct seeds give distinct images
     # Training resumes at full strength.
     assert module.lora_scale == 1.0
+
+
+def test_caption_agreement_reads_rendered_truth_as_shown_and_one_image_for_all_as_lost():
+    """The report's exploratory hacking column: the judge on stored samples."""
+    import base64
+
+    from draft_lightning.toy import world
+    from experiments.report import OTHER_ATTRIBUTES, caption_agreement
+
+    scenes = world.scenes(seed=7, indices=range(16))
+    truth = (world.render(scenes) * 255).round().to(torch.uint8)
+    one_for_all = truth[:1].expand_as(truth).contiguous()  # the same picture for every caption
+
+    def stored(images: torch.Tensor) -> dict:
+        raw = base64.b64encode(images.numpy().tobytes()).decode()
+        return {"prompts": [s.caption for s in scenes], "shape": list(images.shape), "pixels": raw}
+
+    runs = [{"samples": {"base": stored(truth), "final": stored(one_for_all)}}]
+    shown, collapsed = caption_agreement(runs, "base"), caption_agreement(runs, "final")
+    assert set(shown) == set(OTHER_ATTRIBUTES)
+    assert min(shown.values()) > 0.9, shown
+    assert max(collapsed[a] for a in ("colour", "background")) < 0.6, collapsed
