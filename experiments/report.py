@@ -416,6 +416,29 @@ def provenance(everything: dict) -> list[str]:
     return lines
 
 
+def not_run(everything: dict) -> str:
+    """What the plan still lacks: run groups (with their missing seeds), the gradient norms,
+    and DDPO's sweep with the runs planned after it."""
+    s = everything["settings"]
+    parts = [
+        f"{name} ({n} of {len(s['seeds'])} seeds)" for name, n in everything["missing"].items()
+    ]
+    lengths = (s["num_steps"], s["long_num_steps"])
+    parts += [f"gradient norms at T = {t}" for t in lengths if t not in everything["norms"]]
+    if everything.get("choice") is None:
+        parts.append("DDPO's sweep, and its positive control and comparison runs after it")
+    return ", ".join(parts) or "nothing"
+
+
+def model_name(folder: str) -> str:
+    """The model as a reader can find it: the shipped toy model by its place in the package."""
+    shipped = Path(__file__).resolve().parents[1] / "src"
+    try:
+        return f"{Path(folder).resolve().relative_to(shipped)} (toy:sd, shipped in the package)"
+    except ValueError:
+        return folder
+
+
 def write_report(everything: dict, out: Path, figure_folder: Path, command: str) -> None:
     s, groups = everything["settings"], everything["groups"]
     relative = os.path.relpath(figure_folder, out.parent)
@@ -426,7 +449,6 @@ def write_report(everything: dict, out: Path, figure_folder: Path, command: str)
             return ""
         return f"![{caption}]({relative}/{paths[key].name})\n\n*{caption}*\n"
 
-    missing = everything["missing"]
     quoted = rules()
     choice = everything.get("choice")
     doc = [
@@ -436,11 +458,9 @@ def write_report(everything: dict, out: Path, figure_folder: Path, command: str)
         "experiments-efficiency`, `experiments-chain` and `experiments-ddpo`). Do not edit by "
         "hand: rerun it.\n",
         *provenance(everything),
-        "- Not run yet: "
-        + (", ".join(f"{name} ({n} seeds)" for name, n in missing.items()) or "nothing")
-        + "\n",
+        "- Not run yet: " + not_run(everything) + "\n",
         "## Setup\n",
-        f"- Model: `{s['pretrained_model']}`, {s['resolution']} px, guidance "
+        f"- Model: `{model_name(s['pretrained_model'])}`, {s['resolution']} px, guidance "
         f"{s['guidance_scale']}, DDIM with T = {s['num_steps']} (and {s['long_num_steps']}).",
         f"- Gradient methods: LoRA rank {s['lora_rank']}, AdamW lr {s['lr']}, gradient clipping "
         f"1.0, batch {s['batch_size']}, {s['gradient_steps']} optimiser steps, evaluated every "
