@@ -68,7 +68,9 @@ def test_every_part_runs_and_the_report_judges_every_claim(tmp_path):
     ), rows
     assert "partly" not in doc
     # The registered rules are quoted, and the provenance names commits and the machine.
-    assert doc.count("- **Claim ") == 6 and "Code: commit" in doc and "CPU cores" in doc
+    quoted = doc.split("### The registered rules")[1].split("\n## ")[0]
+    assert [f"- **Claim {n}.**" in quoted for n in range(1, 7)] == [True] * 6
+    assert "Code: commit" in doc and "CPU cores" in doc
     for group in ("DRaFT-1, T=4", "full DRaFT, T=6", "DRaFT+ (kl 0.01), T=4", "DDPO (lr 0.01"):
         assert f"| {group}" in doc, group
     assert "red control, T=4 |" in doc
