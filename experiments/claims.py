@@ -196,15 +196,8 @@ def diversity_path(run: dict) -> list[tuple[float, float]]:
 def diversity_when_reaching(path: list[tuple[float, float]], reward: float) -> float:
     """Diversity where the path first reaches `reward` (linear between evaluations); the
     path's last diversity if it never does."""
-    previous = None
-    for r, d in path:
-        if r >= reward:
-            if previous is None or previous[0] >= reward:
-                return d
-            r0, d0 = previous
-            return d0 + (d - d0) * (reward - r0) / (r - r0)
-        previous = (r, d)
-    return path[-1][1]
+    reached = crossing([(d, r) for r, d in path], reward)  # x = diversity, y = reward
+    return path[-1][1] if math.isinf(reached) else reached
 
 
 def diversity_lost(lv: list[dict]) -> Judgement:
