@@ -39,3 +39,28 @@ def make_module(**overrides):
     )
     kwargs.update(overrides)
     return DraftModule(**kwargs)
+
+
+class NoGradStandIn:
+    """The eager denoiser put where the sampler keeps its compiled graph, counting the calls
+    made through it: it takes the compiled paths (the no-grad steps, and the discarded
+    forward of each differentiated call, samplers/recompute.py) without torch.compile's
+    minutes of compiling, so the gradient tests can check those paths against references."""
+
+    def __init__(self, denoiser) -> None:
+        self.denoiser = denoiser
+        self.calls = 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.denoiser(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.denoiser, name)
+
+
+def stand_in_for_compiled(module) -> NoGradStandIn:
+    """Install a NoGradStandIn as `module`'s compiled denoiser (undo: sampler.compiled = None)."""
+    stand_in = NoGradStandIn(module.pipeline.denoiser)
+    module.sampler.compiled = stand_in
+    return stand_in

@@ -78,8 +78,10 @@ class RewardFineTuningModule(LightningModule):
             and off otherwise: in bf16/fp16 the merged update would be rounded to that
             precision, losing small LoRA updates in the prefix.
         compile_unet: run the denoiser calls made without gradient (the steps before the
-            gradient window, validation, predict) through torch.compile; calls with gradient
-            stay eager. The first such call compiles, once per process and batch shape (15-55
+            gradient window, validation, predict) through torch.compile, and with gradient
+            checkpointing also the discarded forward of each differentiated call (its
+            recompute in backward stays eager; samplers/recompute.py; not while LoRA dropout
+            is active). The first such call compiles, once per process and batch shape (15-55
             s for the tiny model on a quiet 2-core CPU, more under load; the updated LoRA is an
             input of the compiled graph, so training steps never recompile). Same results
             within float tolerance (tests/samplers/test_compiled_calls.py). On in the shipped

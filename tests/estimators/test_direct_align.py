@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_module
+from conftest import make_module, stand_in_for_compiled
 from diffusers import DDIMScheduler
 from flow_reference import (
     PROMPTS,
@@ -40,13 +40,23 @@ def flow_module(name: str, guidance: float):
         ("tiny:flux", 3.5, DirectAlign()),  # drawn levels, all the way, the initial noise
         ("tiny:flux", 3.5, DirectAlign(sigma=0.6, step=0.25, noise="fresh")),
         ("tiny:sd3", 3.0, DirectAlign(sigma_range=(0.3, 0.95), step=0.1)),
+        ("tiny:flux", 3.5, DirectAlign(step=0.5)),
     ],
-    ids=["flux-srpo-online", "flux-partial-step-fresh-noise", "sd3-partial-step"],
+    ids=[
+        "flux-srpo-online",
+        "flux-partial-step-fresh-noise",
+        "sd3-partial-step",
+        "flux-no-grad-forward",  # the call's forward through the compiled-graph path
+    ],
 )
-def test_flow_gradient_matches_the_closed_form_reference(name, guidance, estimator):
+def test_flow_gradient_matches_the_closed_form_reference(request, name, guidance, estimator):
     module = flow_module(name, guidance)
     ref = FlowReference(module, resolve_pretrained(name))
+    no_grad_forward = "no-grad-forward" in request.node.callspec.id
+    stand_in = stand_in_for_compiled(module) if no_grad_forward else None
     ours = training_step_grad(module, estimator)
+    if stand_in is not None:  # the chain to x0 without gradient, then the one call with it
+        assert stand_in.calls == module.sampling.num_steps + 1
 
     def loss_fn():
         rng = module.step_randomness(0)

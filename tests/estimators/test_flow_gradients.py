@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_module
+from conftest import make_module, stand_in_for_compiled
 from flow_reference import (
     PROMPTS,
     FlowReference,
@@ -53,9 +53,18 @@ def test_draft_k(setup):
     assert_same_gradient(ours, reference_grad(module, loss_fn))
 
 
-def test_full_draft(setup):
+@pytest.mark.parametrize("forward", ["torch checkpoint", "no-grad forward"])
+def test_full_draft(setup, forward):
+    """ "no-grad forward": each call's discarded forward through the compiled-graph path
+    (samplers/recompute.py), the eager transformer standing in for the compiled one."""
     module, ref = setup
-    ours = training_step_grad(module, Draft())
+    stand_in = stand_in_for_compiled(module) if forward == "no-grad forward" else None
+    try:
+        ours = training_step_grad(module, Draft())
+    finally:
+        module.sampler.compiled = None
+    if stand_in is not None:
+        assert stand_in.calls == module.sampling.num_steps
 
     def loss_fn():
         noise, _ = draws(module)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_module
+from conftest import make_module, stand_in_for_compiled
 from diffusers import DDIMScheduler
 
 from draft_lightning.estimators import Draft, DraftK, DraftLV, RandomTruncation, ReFL
@@ -126,15 +126,21 @@ def test_draft_k_matches_reference(module):
         assert_same_gradient(ours, reference_grad(module, loss_fn))
 
 
-@pytest.mark.parametrize("checkpointing", [True, False])
+@pytest.mark.parametrize("checkpointing", ["torch", "none", "no-grad forward"])
 def test_full_draft_matches_reference_with_and_without_checkpointing(module, checkpointing):
-    module.sampler.gradient_checkpointing = checkpointing
-    module.pipeline.checkpoint_decode = checkpointing
+    """ "no-grad forward": each call's discarded forward through the compiled-graph path
+    (samplers/recompute.py), with the eager UNet standing in for the compiled one."""
+    module.sampler.gradient_checkpointing = checkpointing != "none"
+    module.pipeline.checkpoint_decode = checkpointing != "none"
+    stand_in = stand_in_for_compiled(module) if checkpointing == "no-grad forward" else None
     try:
         ours = training_step_grad(module, Draft())
     finally:
         module.sampler.gradient_checkpointing = True
         module.pipeline.checkpoint_decode = True
+        module.sampler.compiled = None
+    if stand_in is not None:  # every step's forward went through it, none of the recomputes
+        assert stand_in.calls == module.sampling.num_steps
 
     def loss_fn():
         ref = Reference(module)

@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import torch
@@ -23,6 +24,11 @@ from torch.utils.checkpoint import checkpoint
 from draft_lightning.models.guided_halves import halves_repeated
 from draft_lightning.randomness import StepRandomness
 from draft_lightning.samplers.conditioning import Conditioning
+from draft_lightning.samplers.recompute import (
+    carries_gradient,
+    dropout_active,
+    recompute_in_backward,
+)
 from draft_lightning.samplers.settings import SamplingSettings
 
 
@@ -155,7 +161,8 @@ class Sampler(ABC):
         """The guided prediction at (snapped) levels `sigma`, checkpointed when differentiated."""
         timestep = self.level_timestep(sigma, latents)
         if torch.is_grad_enabled() and self.gradient_checkpointing:
-            return checkpoint(self.guided_at, latents, timestep, text, use_reentrant=False)
+            call = partial(self.guided_at, timestep=timestep, text=text)
+            return self.checkpointed(call, latents, timestep, text)
         return self.guided_at(latents, timestep, text)
 
     # --- the shared machinery ------------------------------------------------------------
@@ -172,8 +179,22 @@ class Sampler(ABC):
     def predict(self, latents: torch.Tensor, index: int, text: Conditioning) -> torch.Tensor:
         """The guided model output at step `index`, checkpointed when differentiated."""
         if torch.is_grad_enabled() and self.gradient_checkpointing:
-            return checkpoint(self.guided, latents, index, text, use_reentrant=False)
+            return self.checkpointed(partial(self.guided, index=index, text=text), latents, text)
         return self.guided(latents, index, text)
+
+    def checkpointed(
+        self, call: Callable[[torch.Tensor], torch.Tensor], latents: torch.Tensor, *closed_over
+    ) -> torch.Tensor:
+        """`call(latents)` with only its inputs kept for backward, where it is recomputed.
+        With a compiled denoiser the discarded forward runs through the compiled no-grad
+        graph (recompute.py), unless a call draws random numbers (dropout) or what it closes
+        over (text inputs, timesteps) carries gradient; otherwise torch's checkpoint runs it
+        eagerly."""
+        fast = self.compiled is not None and not dropout_active(self.denoiser)
+        if fast and not carries_gradient(closed_over):
+            trainable = [p for p in self.denoiser.parameters() if p.requires_grad]
+            return recompute_in_backward(call, latents, trainable)
+        return checkpoint(call, latents, use_reentrant=False)
 
     def guided(self, latents: torch.Tensor, index: int, text: Conditioning) -> torch.Tensor:
         """Classifier-free guidance with cond and uncond in one batch, or one plain call."""
