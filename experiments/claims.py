@@ -251,3 +251,13 @@ def hacking(runs: list[dict]) -> dict:
         "shown_final": shown("final"),
         "flagged": flagged,
     }
+
+
+PROMPT_LOST = -0.10  # amendment 1: a method that loses more than 1 in 10 caption attributes
+
+
+def prompt_lost(base: list[float], final: list[float]) -> dict:
+    """Amendment 1's flag: the change in caption agreement (end minus step 0, paired by seed)
+    and whether its whole interval lies below PROMPT_LOST."""
+    change = paired_interval(final, base)
+    return {"change": change, "flagged": change[2] < PROMPT_LOST}

@@ -20,6 +20,7 @@ from experiments.stats import fmt, mean_interval
 
 HERE = Path(__file__).resolve().parent
 REGISTRATION = HERE / "preregistration.md"
+AMENDMENT = HERE / "amendment_1.md"  # adds a flag to the hacking check
 NOTES = HERE / "notes.md"
 
 
@@ -42,14 +43,25 @@ def _utc(timestamp: float) -> str:
 def registration() -> tuple[str, float] | None:
     """(short hash, commit time) of the commit that last changed the registration; None if it
     is not committed (then no result is confirmatory)."""
+    return committed(REGISTRATION)
+
+
+def amendment() -> tuple[str, float] | None:
+    """The same for amendment 1 (None: its added flag applies to no run)."""
+    return committed(AMENDMENT)
+
+
+def committed(path: Path) -> tuple[str, float] | None:
+    """(short hash, commit time) of the commit that last changed `path`; None if it is not
+    committed as it stands."""
     out = subprocess.run(
-        ["git", "log", "-1", "--format=%h %ct", "--", str(REGISTRATION)],
+        ["git", "log", "-1", "--format=%h %ct", "--", str(path)],
         cwd=HERE.parent,
         capture_output=True,
         text=True,
     )
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--", str(REGISTRATION)],
+        ["git", "status", "--porcelain", "--", str(path)],
         cwd=HERE.parent,
         capture_output=True,
         text=True,
@@ -190,28 +202,32 @@ def verdict_rows(everything: dict) -> list[list[str]]:
 OTHER_ATTRIBUTES = ("colour", "size", "position", "background")
 
 
-def caption_agreement(runs: list[dict], stage: str) -> dict[str, float]:
-    """Exploratory (not registered): of the validation samples, the fraction the judge reads
-    as showing the colour, size, position and background their caption states. A reward for
-    the shape alone can be gamed by drawing one thing for every caption; that loses these."""
+def caption_agreement(runs: list[dict], stage: str) -> list[dict[str, float]]:
+    """Per run: of its stored validation samples at `stage`, the fraction the judge reads as
+    showing the colour, size, position and background their caption states (amendment 1).
+    A reward for the shape alone can be gamed by drawing one thing for every caption; that
+    loses these."""
     import torch
 
     from draft_lightning.toy.judge import ToyJudgeReward
 
-    shown = {}
-    for attribute in OTHER_ATTRIBUTES:
-        judge = ToyJudgeReward(attribute=attribute, value="caption")
-        fractions = []
-        for run in runs:
-            samples = run["samples"][stage]
-            images = decode_pixels(samples).float() / 255
-            with torch.no_grad():
-                fractions.append(float(judge.verdicts(images, samples["prompts"]).float().mean()))
-        shown[attribute] = statistics.fmean(fractions)
+    judges = {a: ToyJudgeReward(attribute=a, value="caption") for a in OTHER_ATTRIBUTES}
+    shown = []
+    for run in runs:
+        samples = run["samples"][stage]
+        images = decode_pixels(samples).float() / 255
+        with torch.no_grad():
+            shown.append(
+                {
+                    attribute: float(judge.verdicts(images, samples["prompts"]).float().mean())
+                    for attribute, judge in judges.items()
+                }
+            )
     return shown
 
 
 def hacking_rows(groups: dict, toy: bool) -> list[list[str]]:
+    amended = amendment()
     rows = []
     for name, runs in groups.items():
         if "red control" in name:
@@ -226,7 +242,25 @@ def hacking_rows(groups: dict, toy: bool) -> list[list[str]]:
         ]
         if toy:
             base, end = caption_agreement(runs, "base"), caption_agreement(runs, "final")
-            row.append(", ".join(f"{a} {base[a]:.0%} -> {end[a]:.0%}" for a in OTHER_ATTRIBUTES))
+            lost = claims.prompt_lost(
+                [statistics.fmean(b.values()) for b in base],
+                [statistics.fmean(e.values()) for e in end],
+            )
+
+            def mean(of: list[dict[str, float]], attribute: str) -> float:
+                return statistics.fmean(r[attribute] for r in of)
+
+            row.append(
+                fmt(lost["change"])
+                + " ("
+                + ", ".join(
+                    f"{a} {mean(base, a):.0%} -> {mean(end, a):.0%}" for a in OTHER_ATTRIBUTES
+                )
+                + ")"
+            )
+            applies = amended is not None and all(r["started"] >= amended[1] for r in runs)
+            flag = "**prompt lost**" if lost["flagged"] else "no"
+            row.append(flag if applies else f"({flag}; exploratory: runs predate amendment 1)")
         rows.append(row)
     return rows
 
@@ -416,6 +450,13 @@ def provenance(everything: dict) -> list[str]:
     return lines
 
 
+def amendment_line() -> str:
+    amended = amendment()
+    if amended is None:
+        return "not committed as it stands: it applies to no run"
+    return f"committed in {amended[0]}, {_utc(amended[1])}"
+
+
 def not_run(everything: dict) -> str:
     """What the plan still lacks: run groups (with their missing seeds), the gradient norms,
     and DDPO's sweep with the runs planned after it."""
@@ -484,13 +525,16 @@ def write_report(everything: dict, out: Path, figure_folder: Path, command: str)
         "## Reward hacking check\n",
         "Registered: reward gain and the judge's gain (final minus step 0, paired by seed); how "
         "many validation samples the judge reads as showing the rewarded attribute, base model "
-        "-> end; flagged where the reward rises and the judge does not. Exploratory (added "
-        "after the runs, on their stored samples): how many samples the judge reads as "
-        "showing the colour, size, position and background their caption states.\n",
+        "-> end; flagged where the reward rises and the judge does not. Amendment 1 "
+        "(experiments/amendment_1.md, " + amendment_line() + "): the change in how many samples "
+        "the judge reads as showing the colour, size, position and background their caption "
+        f"states (paired by seed; per attribute: step 0 -> end); **prompt lost** where its "
+        f"whole interval lies below {claims.PROMPT_LOST:+.2f}. For runs that started before "
+        "the amendment these numbers are exploratory.\n",
         _table(
             ["runs", "reward gain", "judge gain", "judge: shows it", "hacking (registered)"]
             + (
-                ["judge: caption's other attributes shown (exploratory)"]
+                ["caption agreement change (amendment 1)", "prompt lost (amendment 1)"]
                 if s["use_toy_reward"]
                 else []
             ),

@@ -147,3 +147,14 @@ def test_hacking_is_flagged_when_the_reward_rises_and_the_judge_does_not():
         for i in range(5)
     ]
     assert claims.hacking(hacked)["flagged"]
+
+
+def test_prompt_lost_flags_a_loss_of_more_than_one_attribute_in_ten():
+    base = [0.9, 0.92, 0.94, 0.9, 0.91]
+    collapsed = [0.5 + 0.02 * i for i in range(5)]
+    assert claims.prompt_lost(base, collapsed)["flagged"]
+    slight = [b - 0.05 + 0.01 * i for i, b in enumerate(base)]  # a small, certain loss
+    check = claims.prompt_lost(base, slight)
+    assert check["change"][2] < 0 and not check["flagged"]
+    noisy = [b - 0.2 + 0.15 * (-1) ** i for i, b in enumerate(base)]  # large but uncertain
+    assert not claims.prompt_lost(base, noisy)["flagged"]

@@ -27,7 +27,7 @@ def test_unconditional_samples_at_strength_zero_are_the_base_model():
 
 
 def test_caption_agreement_reads_rendered_truth_as_shown_and_one_image_for_all_as_lost():
-    """The report's exploratory hacking column: the judge on stored samples."""
+    """Amendment 1's caption agreement: the judge on stored samples, per run."""
     import base64
 
     from draft_lightning.toy import world
@@ -42,7 +42,7 @@ def test_caption_agreement_reads_rendered_truth_as_shown_and_one_image_for_all_a
         return {"prompts": [s.caption for s in scenes], "shape": list(images.shape), "pixels": raw}
 
     runs = [{"samples": {"base": stored(truth), "final": stored(one_for_all)}}]
-    shown, collapsed = caption_agreement(runs, "base"), caption_agreement(runs, "final")
+    [shown], [collapsed] = caption_agreement(runs, "base"), caption_agreement(runs, "final")
     assert set(shown) == set(OTHER_ATTRIBUTES)
     assert min(shown.values()) > 0.9, shown
     assert max(collapsed[a] for a in ("colour", "background")) < 0.6, collapsed
