@@ -37,16 +37,19 @@ demo-picture: install
 screenshots: install
 	$(BIN)/python scripts/tensorboard_screenshot.py
 
-# Not part of `make test`: about 10 minutes on a 2-core CPU; creates benchmarks/.venv-trl
-# once (TRL peer, from PyPI) and rewrites docs/benchmarks.md. Run it on a quiet machine.
+# Not part of `make test`: about 2.5 hours on a 2-core CPU (the paper-scale plans of section 9
+# take most of it); creates benchmarks/.venv-trl once (TRL peer, from PyPI) and rewrites
+# docs/benchmarks.md, saving each table as it finishes (after a killed run:
+# `python -m benchmarks.run_all --only <the missing tables>`). Run it on a quiet machine.
 bench: install
 	OMP_NUM_THREADS=2 $(BIN)/python -m benchmarks.run_all
 
-# On a machine with one GPU (not part of `make bench`): real-size SD 1.4 at 512 px and SDXL at
-# 1024 px with random weights, DRaFT-1 and DRaFT-LV, bf16: s/step and max_memory_allocated
-# against `lightning plan`'s prediction; under 10 minutes. Prints a markdown table.
+# On a machine with one GPU: real-size SD 1.4 at 512 px and SDXL at 1024 px with random
+# weights, DRaFT-1 and DRaFT-LV, bf16: s/step and max_memory_allocated against `lightning
+# plan`'s prediction, under 10 minutes; rewrites section 8 of docs/benchmarks.md (on a
+# machine without one, `make bench` writes there that no GPU measured it).
 bench-gpu: install
-	$(BIN)/python -m benchmarks.bench_gpu
+	$(BIN)/python -m benchmarks.run_all --only gpu
 
 # Not part of `make test`: the pre-registered claims (experiments/preregistration.md) on the
 # toy model shipped in the package, 5 seeds each. Several hours on a 2-core CPU in all, so it

@@ -16,13 +16,12 @@ affine dependence on the batch from the plans at batch 1 and 2.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 
 import torch
 
-from benchmarks.common import ROOT, Section, table
+from benchmarks.common import Section, commit, table
 from draft_lightning.cli import _cli_class
 from draft_lightning.planning.command import build
 from draft_lightning.planning.measure import measured_peak, resident_bytes
@@ -266,15 +265,13 @@ def run_paper(smoke: bool = False, models: list[str] | None = None) -> Section:
 def run(smoke: bool = False) -> Section:
     check_section = run_check(smoke)
     paper = run_paper(smoke)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    body = f"Commit measured: {commit}.\n\n" + check_section.body + "\n\n" + paper.body
+    measured = commit()
+    body = f"Commit measured: {measured}.\n\n" + check_section.body + "\n\n" + paper.body
     return Section(
         "9. lightning plan: checked against measured steps, and at paper scale",
         "",
         body,
-        {"check": check_section.data, "paper": paper.data, "commit": commit},
+        {"check": check_section.data, "paper": paper.data, "commit": measured},
     )
 
 

@@ -87,7 +87,7 @@ def step_times(resolution, steps, batch, estimator, rounds, compiled=None) -> di
         "checkpoint_blocks": {"checkpoint_blocks": True},
         "channels_last": {"channels_last": True},
     }
-    if estimator.k == steps:  # full DRaFT has no prefix to merge or compile
+    if estimator.k == steps:  # full DRaFT has no prefix to merge
         del options["merge_lora_without_grad=False"]
     modules = {
         name: build_module(resolution, steps, estimator=estimator, **kw)
@@ -96,6 +96,11 @@ def step_times(resolution, steps, batch, estimator, rounds, compiled=None) -> di
     if compiled is not None and estimator.k < steps:
         compiled.estimator = estimator
         modules["compile_unet"] = compiled
+    elif compiled is not None:  # each call's discarded forward (samplers/recompute.py)
+        # Another step count: this one compiles in the untimed warm-up round.
+        modules["compile_unet"] = build_module(
+            resolution, steps, estimator=estimator, compile_unet=True
+        )
     fns = {}
     for name, module in modules.items():
         optimizer = torch.optim.AdamW(module.trainable_parameters(), lr=1e-9)

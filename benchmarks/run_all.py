@@ -1,7 +1,11 @@
 """Run every benchmark and rewrite docs/benchmarks.md (what `make bench` does).
 
-Why one driver: the doc must show every table with its exact command, the machine and the
-date, and check the issue's targets from the same run's numbers, so nothing is pasted by hand.
+Why one driver: the doc must show every table with its exact command, the machine, the date
+and the commit it measured, and check the issue's targets from the same run's numbers, so
+nothing is pasted by hand. What is written by hand lives beside the code: benchmarks/notes.md
+(under the targets) and benchmarks/notes_<table>.md (under that table). Each finished table is
+saved at once (.cache/benchmarks/last_run.json): after a killed run, `--only` the missing
+tables completes the page.
 
     OMP_NUM_THREADS=2 .venv/bin/python -m benchmarks.run_all [--smoke] [--out FILE]
         [--only parts,memory,...] [--wait-quiet SECONDS] [--no-prompt-stream]
@@ -18,7 +22,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.common import ROOT, Section, machine, table, wait_until_quiet, write_atomic
+from benchmarks.common import (
+    ROOT,
+    Section,
+    commit,
+    machine,
+    table,
+    wait_until_quiet,
+    write_atomic,
+)
 from benchmarks.targets import targets
 
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -27,12 +39,13 @@ NOTES = ROOT / "benchmarks" / "notes.md"
 LAST_RUN = ROOT / ".cache" / "benchmarks" / "last_run.json"
 COMMAND = "OMP_NUM_THREADS=2 .venv/bin/python -m benchmarks.{}"
 # Sections whose numbers are bytes, not seconds: other processes cannot skew them.
-UNTIMED = ("memory", "paper", "plan", "prompt_stream")
+UNTIMED = ("memory", "paper", "plan", "prompt_stream", "gpu")  # gpu: another machine's clock
 
 
 def benchmarks() -> dict[str, tuple[str, Callable[[bool], Section]]]:
     """name -> (module, run function); imported lazily so --only stays cheap."""
     from benchmarks import (
+        bench_gpu,
         bench_growth,
         bench_memory,
         bench_paper_scale,
@@ -51,8 +64,9 @@ def benchmarks() -> dict[str, tuple[str, Callable[[bool], Section]]]:
         "sampler": ("bench_sampler", bench_sampler.run),
         "speedups": ("bench_speedups", bench_speedups.run),
         "paper": ("bench_paper_scale", bench_paper_scale.run),
-        "plan": ("bench_plan", bench_plan.run),
         "prompt_stream": ("bench_prompt_stream", prompt_stream),
+        "gpu": ("bench_gpu", bench_gpu.run),
+        "plan": ("bench_plan", bench_plan.run),
     }
 
 
@@ -78,6 +92,10 @@ def render(sections: dict[str, Section], facts: dict[str, str], quiet: tuple[str
         " absolute seconds are context only, since no GPU was used and timings on this shared"
         " CPU drift by +-25% between runs. Memory is counted in bytes and does not drift.\n\n"
     )
+    commits = sorted({section.data.get("_commit", "unknown") for section in sections.values()})
+    header += (
+        f"Commit measured: {', '.join(commits)} (each table names its own, with its date).\n\n"
+    )
     header += table(["machine", ""], [[k, v] for k, v in facts.items()])
     header += (
         f"\n\nOther heavy processes (tests, training runs) at the start: {quiet[0]};"
@@ -86,18 +104,27 @@ def render(sections: dict[str, Section], facts: dict[str, str], quiet: tuple[str
     notes = NOTES.read_text().strip() if NOTES.exists() else ""
     header += "## Targets\n\n" + targets(sections) + "\n\n" + notes + "\n"
     parts = [header]
-    for name, section in sections.items():
+    for name, section in in_page_order(sections).items():
         command = section.command or COMMAND.format(benchmarks()[name][0])
         seconds = section.data.get("_seconds")
         took = f" ({seconds:.0f} s" if seconds is not None else " ("
-        took += f", {section.data['_date']})" if "_date" in section.data else ")"
+        took += f", {section.data['_date']}" if "_date" in section.data else ""
+        took += f", commit {section.data['_commit']})" if "_commit" in section.data else ")"
         quiet = section.data.get("_quiet")
         if quiet and quiet[0] != "untimed":
             took += f"; other heavy processes before: {quiet[0]}, after: {quiet[1]}"
-        parts.append(
-            f"## {section.title}\n\nCommand: `{command}`{took}\n\n{section.body.strip()}\n"
-        )
+        notes = ROOT / "benchmarks" / f"notes_{name}.md"  # hand-written, kept across runs
+        body = section.body.strip()
+        if notes.exists():
+            body += "\n\n" + notes.read_text().strip()
+        parts.append(f"## {section.title}\n\nCommand: `{command}`{took}\n\n{body}\n")
     return "\n".join(parts)
+
+
+def in_page_order(sections: dict[str, Section]) -> dict[str, Section]:
+    """`sections` in the page's order (a resumed run adds its tables in any order)."""
+    order = list(benchmarks())
+    return dict(sorted(sections.items(), key=lambda item: order.index(item[0])))
 
 
 def save_run(sections: dict[str, Section], facts: dict, quiet: tuple[str, str]) -> None:
@@ -137,6 +164,9 @@ def main() -> None:
     any_timed = any(name not in UNTIMED for name in names) and not args.smoke
     quiet_start = wait_until_quiet(args.wait_quiet if any_timed else 0)
     facts = machine()
+    # With --only, the other tables come from the last run; every finished table is saved at
+    # once, so a killed run keeps what it measured (rerun the rest with --only).
+    previous = load_run()[0] if args.only and LAST_RUN.exists() and not args.smoke else {}
     sections: dict[str, Section] = {}
     for name in names:
         # Timings are only meaningful on a quiet machine: wait again before each table.
@@ -154,8 +184,11 @@ def main() -> None:
         section.data["_seconds"] = time.perf_counter() - start
         section.data["_quiet"] = [before, wait_until_quiet(0) if timed else "untimed"]
         section.data["_date"] = machine()["date"]
+        section.data["_commit"] = commit()
         sections[name] = section
         print(f"[bench] {name} done in {section.data['_seconds']:.0f} s", file=sys.stderr)
+        if not args.smoke and (LAST_RUN.exists() or not args.only):
+            save_run(previous | sections, facts, (quiet_start, "(run not finished)"))
     quiet = (quiet_start, wait_until_quiet(0))
     if args.smoke:
         print(render(sections, facts, quiet))
@@ -167,9 +200,7 @@ def main() -> None:
         write_atomic(out, splice(out.read_text(), sections))
         print(f"[bench] replaced {', '.join(sections)} in {out}", file=sys.stderr)
         return
-    if args.only and LAST_RUN.exists():  # keep the other tables of the last run
-        previous, facts, quiet = load_run()
-        sections = previous | sections
+    sections = previous | sections  # previous: the last run's other tables (with --only)
     save_run(sections, facts, quiet)
     write_atomic(out, render(sections, facts, quiet))
     print(f"[bench] wrote {out}", file=sys.stderr)
@@ -193,7 +224,7 @@ def splice(page: str, sections: dict[str, Section]) -> str:
     page = head + "\n" + notes + "\n\n## " + rest.split("\n## ", 1)[1]
     blocks = render(sections, {}, ("", "")).split("\n## ")[1:]
     new_rows = targets(sections).splitlines()[2:]
-    for name, block in zip(sections, blocks[1:], strict=True):  # blocks[0]: the targets
+    for name, block in zip(in_page_order(sections), blocks[1:], strict=True):  # [0]: targets
         number = block.split(".", 1)[0]
         parts = page.split("\n## ")
         index = next(i for i, part in enumerate(parts) if part.startswith(f"{number}. "))

@@ -85,8 +85,56 @@ def test_speed_and_memory_options_keep_loss_and_gradients(tiny_sd, option):
 
 def test_gpu_benchmark_code_path_runs_on_the_cpu(tiny_sd):
     """`make bench-gpu` cannot run here; its measuring code runs on the tiny model instead."""
-    from benchmarks.bench_gpu import measure
-    from benchmarks.bench_plan import TINY
+    from benchmarks.bench_gpu import run
 
-    result = measure(TINY, "cpu", steps=1)
-    assert result["planned"] > 0 and result["seconds"] > 0 and result["measured"] is None
+    section = run(smoke=True, steps=1)
+    row = next(line for line in section.body.splitlines() if "tiny SD (smoke)" in line)
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    seconds, planned, measured = float(cells[3]), float(cells[4]), cells[5]
+    assert seconds > 0 and planned > 0 and measured == "-"  # no CUDA allocator on the CPU
+
+
+def test_gpu_section_says_no_gpu_measured_it_without_one(monkeypatch):
+    from benchmarks import bench_gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(bench_gpu, "measure", lambda *a, **k: pytest.fail("measured"))
+    section = bench_gpu.run()
+    assert section.body == bench_gpu.NOT_RUN and section.data == {"device": None}
+
+
+def test_run_all_keeps_each_finished_table_when_a_later_one_fails(tmp_path, monkeypatch):
+    """A killed or failed `make bench` keeps what it measured; `--only` the rest completes
+    the page, in the page's order, each table with its commit and its hand-written notes."""
+    import sys
+
+    from benchmarks import run_all
+    from benchmarks.common import Section, commit
+
+    def paper(smoke: bool) -> Section:
+        return Section("6. Paper", "", "| paper table |", {})
+
+    def gpu(smoke: bool) -> Section:
+        raise RuntimeError("killed")
+
+    fake = {"paper": ("bench_paper_scale", paper), "gpu": ("bench_gpu", gpu)}
+    monkeypatch.setattr(run_all, "benchmarks", lambda: fake)
+    monkeypatch.setattr(run_all, "LAST_RUN", tmp_path / "last_run.json")
+    monkeypatch.setattr(run_all, "wait_until_quiet", lambda seconds: "quiet")
+    monkeypatch.setattr(run_all, "ROOT", tmp_path)  # where benchmarks/notes_<table>.md live
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "notes_gpu.md").write_text("Written by hand.")
+    out = tmp_path / "benchmarks.md"
+    monkeypatch.setattr(sys, "argv", ["run_all", "--out", str(out)])
+    with pytest.raises(RuntimeError, match="killed"):
+        run_all.main()
+    saved, _, _ = run_all.load_run()
+    assert list(saved) == ["paper"] and saved["paper"].data["_commit"] == commit()
+    assert not out.exists()
+
+    fake["gpu"] = ("bench_gpu", lambda smoke: Section("8. GPU", "", "| gpu table |", {}))
+    monkeypatch.setattr(sys, "argv", ["run_all", "--only", "gpu", "--out", str(out)])
+    run_all.main()
+    page = out.read_text()
+    assert page.index("## 6. Paper") < page.index("## 8. GPU") < page.index("Written by hand.")
+    assert page.count(f"commit {commit()})") == 2 and "| paper table |" in page

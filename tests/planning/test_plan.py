@@ -95,6 +95,17 @@ def test_no_grad_steps_planned_once_plan_what_tracing_them_all_plans(estimator):
     assert calls == [False, False, True]
 
 
+def test_compile_unet_is_planned_as_its_eager_calls():
+    """The shipped GPU configs set compile_unet: the plan counts every call's eager ops
+    (command.build drops the compiled graph on the meta device) and plans the same step."""
+    args = [*TINY, *FEW_STEPS, *ESTIMATORS["draft_full"], "--model.compile_unet", "true"]
+    module, batch, precision = build(args, _cli_class())
+    assert module.sampler.compiled is None
+    plan = plan_step(module, make_optimizer(module), batch, precision)
+    eager = planned("draft_full")[-1]
+    assert plan.peak.by_role == eager.peak.by_role and plan.flops == eager.flops
+
+
 def test_more_differentiated_steps_plan_more_memory_and_flops():
     one, full = planned("draft_1")[-1], planned("draft_full")[-1]
     assert full.peak_bytes > one.peak_bytes

@@ -95,6 +95,13 @@ def build(args: list[str], cli_class: type, device: str = "meta"):
         raise ConfigError(
             f"plan covers DraftModule's estimators; model is {type(cli.model).__name__}"
         )
+    if device == "meta":
+        # compile_unet: the plan counts every denoiser call as its eager ops (a compiled call
+        # fuses them and holds no more). Compiling would trace the meta tensors through
+        # dynamo for nothing, and the discarded forward of a differentiated call
+        # (samplers/recompute.py) would be recomputed where the meta autocast stand-in
+        # (planning/autocast.py) is not active.
+        cli.model.sampler.compiled = None
     precision = str(cli.config.get("trainer", {}).get("precision"))
     return cli.model, cli.datamodule.batch_size, precision
 
