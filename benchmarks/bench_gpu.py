@@ -62,7 +62,8 @@ def measure(args: list[str], device: str, steps: int) -> dict:
 
 TITLE = "8. GPU: real size, bf16 (`make bench-gpu`)"
 NOT_RUN = (
-    "No GPU on the machine that generated this section, so nothing here was measured on one:"
+    "No GPU was lent for this run (the machine that generated this section has none), so"
+    " nothing here was measured on one:"
     " `make bench-gpu` (real-size random-weight SD 1.4 at 512 px and SDXL at 1024 px,"
     " DRaFT-1 and DRaFT-LV n=2, bf16-mixed, batch 1: seconds per step and"
     " `torch.cuda.max_memory_allocated` against `lightning plan`'s prediction) rewrites it"

@@ -462,7 +462,8 @@ def not_run(everything: dict) -> str:
     and DDPO's sweep with the runs planned after it."""
     s = everything["settings"]
     parts = [
-        f"{name} ({n} of {len(s['seeds'])} seeds)" for name, n in everything["missing"].items()
+        f"{name} ({n} of {len(s['seeds'])} seeds to run)"
+        for name, n in everything["missing"].items()
     ]
     lengths = (s["num_steps"], s["long_num_steps"])
     parts += [f"gradient norms at T = {t}" for t in lengths if t not in everything["norms"]]
