@@ -96,7 +96,7 @@ def commit() -> str:
     return head.stdout.strip() + ("-dirty" if changed.stdout.strip() else "")
 
 
-HEAVY = ("pytest", "lightning fit", "bench")
+HEAVY = ("pytest", "lightning fit", "bench", "experiments")
 
 
 def busy_processes() -> list[str]:

@@ -96,10 +96,13 @@ def render(sections: dict[str, Section], facts: dict[str, str], quiet: tuple[str
     header += (
         f"Commit measured: {', '.join(commits)} (each table names its own, with its date).\n\n"
     )
-    header += table(["machine", ""], [[k, v] for k, v in facts.items()])
+    # The date and load belong to each table (a page may combine several invocations).
+    stable = {k: v for k, v in facts.items() if k not in ("date", "load_avg_1min")}
+    header += table(["machine", ""], [[k, v] for k, v in stable.items()])
     header += (
-        f"\n\nOther heavy processes (tests, training runs) at the start: {quiet[0]};"
-        f" at the end: {quiet[1]}.\n\n"
+        "\n\nEach table's command line gives its duration, date and commit and, for timed"
+        " tables, whether other heavy processes (tests, training runs, experiments) were"
+        " running just before and after it.\n\n"
     )
     notes = NOTES.read_text().strip() if NOTES.exists() else ""
     header += "## Targets\n\n" + targets(sections) + "\n\n" + notes + "\n"
