@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -244,7 +245,15 @@ def splice(page: str, sections: dict[str, Section]) -> str:
             mine = [row for row in new_rows if marker in row]
             lines[old[0] : old[-1] + 1] = mine
             page = "\n".join(lines)
-    return page
+    # The header's list of commits, from the tables' command lines as they now stand.
+    commits = sorted(set(re.findall(r"^Command: .*, commit (\S+)\)", page, flags=re.M)))
+    return re.sub(
+        r"^Commit measured: [^(]*\(",
+        lambda _: f"Commit measured: {', '.join(commits)} (",
+        page,
+        count=1,
+        flags=re.M,
+    )
 
 
 if __name__ == "__main__":

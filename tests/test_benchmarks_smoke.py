@@ -138,3 +138,22 @@ def test_run_all_keeps_each_finished_table_when_a_later_one_fails(tmp_path, monk
     page = out.read_text()
     assert page.index("## 6. Paper") < page.index("## 8. GPU") < page.index("Written by hand.")
     assert page.count(f"commit {commit()})") == 2 and "| paper table |" in page
+
+
+def test_bench_gpu_on_a_fresh_checkout_replaces_only_its_section_and_the_commit_list():
+    """`make bench-gpu` on a GPU machine has no saved run: it splices section 8 into the
+    committed page, and the header's commit list follows the tables' command lines."""
+    from benchmarks import run_all
+    from benchmarks.common import ROOT, Section
+
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    data = {"_commit": "abcdef1", "_date": "2027-01-01 00:00 UTC", "_seconds": 300.0}
+    section = Section("8. GPU: real size, bf16 (`make bench-gpu`)", "", "| H100 row |", data)
+    spliced = run_all.splice(page, {"gpu": section})
+    header = next(line for line in spliced.splitlines() if line.startswith("Commit measured:"))
+    assert "abcdef1" in header
+    assert "| H100 row |" in spliced and "No GPU was lent" not in spliced
+    before, after = page.split("\n## "), spliced.split("\n## ")
+    assert len(before) == len(after)
+    changed = [old[:12] for old, new in zip(before, after, strict=True) if old != new]
+    assert changed == [before[0][:12], "8. GPU: real"]  # the header and section 8 only
