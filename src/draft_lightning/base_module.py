@@ -81,9 +81,10 @@ class RewardFineTuningModule(LightningModule):
             gradient window, validation, predict) through torch.compile, and with gradient
             checkpointing also the discarded forward of each differentiated call (its
             recompute in backward stays eager; samplers/recompute.py; not while LoRA dropout
-            is active). The first such call compiles, once per process and batch shape (15-55
-            s for the tiny model on a quiet 2-core CPU, more under load; the updated LoRA is an
-            input of the compiled graph, so training steps never recompile). Same results
+            is active). The first calls compile, a few graphs per process and batch shape
+            (the no-grad steps with the LoRA merged, the differentiated calls' forwards; 6-55 s
+            for the tiny model on a quiet 2-core CPU, more under load; the updated LoRA is an
+            input of the compiled graphs, so training steps never recompile). Same results
             within float tolerance (tests/samplers/test_compiled_calls.py). On in the shipped
             GPU configs, off in the CPU overlays; not used under the sharded strategy.
         share_first_attention: in a guided call (unconditional and conditional rows in one

@@ -5,6 +5,7 @@ compiled denoiser and falls back to torch's checkpoint when a call draws random 
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import make_module, stand_in_for_compiled
 from torch import nn
@@ -76,3 +77,12 @@ def test_sampler_uses_it_with_a_compiled_denoiser_and_not_with_active_dropout(ti
     module.pipeline.denoiser.eval()  # no dropout: every call's forward runs through it
     module.training_step({"prompts": ["a cat"]}, 0).backward()
     assert stand_in.calls == module.sampling.num_steps
+
+
+def test_a_second_derivative_is_refused_not_silently_zero():
+    call = Recorded()
+    x = torch.randn(3, 4, requires_grad=True)
+    out = recompute_in_backward(call, x, list(call.parameters()))
+    (grad,) = torch.autograd.grad(out.pow(2).sum(), [x], create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()

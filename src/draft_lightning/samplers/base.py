@@ -76,7 +76,8 @@ class Sampler(ABC):
         gradient_checkpointing: recompute each differentiated call in the backward pass.
         no_grad_context: entered around the steps taken without gradient (e.g. LoRA merged
             into the base weights; see models/lora.py); None: nothing.
-        compile_denoiser: run the calls made without gradient through torch.compile.
+        compile_denoiser: run the calls made without gradient through torch.compile, and
+            the discarded forward of each checkpointed differentiated call (recompute.py).
     """
 
     def __init__(

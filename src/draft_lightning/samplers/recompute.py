@@ -18,11 +18,12 @@ function, so both work, and DDP sees their gradients arrive as usual.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import fields, is_dataclass
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 
 def dropout_active(module: nn.Module) -> bool:
@@ -61,11 +62,12 @@ class _RecomputeInBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, call, latents, *parameters):
         ctx.call = call
-        ctx.autocast = _autocast_state(latents.device.type)
+        ctx.autocast = _autocast_states(latents.device.type)
         ctx.save_for_backward(latents, *parameters)
         return call(latents)  # autograd.Function.forward runs without autograd
 
     @staticmethod
+    @once_differentiable  # the recompute's graph is not kept: a second derivative would be 0
     def backward(ctx, grad_output):
         latents, *parameters = ctx.saved_tensors
         needed = ctx.needs_input_grad[1:]
@@ -77,15 +79,23 @@ class _RecomputeInBackward(torch.autograd.Function):
         return (None, *(next(grads) if need else None for need in needed))
 
 
-def _autocast_state(device_type: str) -> tuple[str, torch.dtype] | None:
-    """The autocast the forward ran under, to re-enter for the recompute (as torch's own
-    checkpoint does); the planner's meta-device stand-in stays on through backward itself."""
-    if device_type == "meta" or not torch.amp.is_autocast_available(device_type):
-        return None
-    if not torch.is_autocast_enabled(device_type):
-        return None
-    return device_type, torch.get_autocast_dtype(device_type)
+AutocastStates = tuple[tuple[str, torch.dtype, bool], ...]  # device, dtype, cache enabled
 
 
-def _autocast(state: tuple[str, torch.dtype] | None) -> AbstractContextManager:
-    return nullcontext() if state is None else torch.autocast(state[0], dtype=state[1])
+def _autocast_states(device_type: str) -> AutocastStates:
+    """The autocasts the forward ran under (its device's, and the CPU's beside a GPU), to
+    re-enter for the recompute as torch's own checkpoint does: backward runs outside the
+    forward's autocast (and on a GPU, on another thread)."""
+    states = []
+    for device in dict.fromkeys([device_type, "cpu"]):
+        if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+            states.append((device, dtype, torch.is_autocast_cache_enabled()))
+    return tuple(states)
+
+
+def _autocast(states: AutocastStates) -> AbstractContextManager:
+    stack = ExitStack()
+    for device, dtype, cache in states:
+        stack.enter_context(torch.autocast(device, dtype=dtype, cache_enabled=cache))
+    return stack
