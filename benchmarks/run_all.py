@@ -171,6 +171,7 @@ def main() -> None:
     # With --only, the other tables come from the last run; every finished table is saved at
     # once, so a killed run keeps what it measured (rerun the rest with --only).
     previous = load_run()[0] if args.only and LAST_RUN.exists() and not args.smoke else {}
+    out = args.out or DOC
     sections: dict[str, Section] = {}
     for name in names:
         # Timings are only meaningful on a quiet machine: wait again before each table.
@@ -179,6 +180,13 @@ def main() -> None:
         start = time.perf_counter()
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         section = benchmarks()[name][1](args.smoke)
+        kept = measured_gpu_section(out) if name == "gpu" and not args.smoke else None
+        if kept is not None and section.data.get("device") is None:
+            # No GPU here: the figures a GPU machine wrote into the page stay (a CPU run
+            # of make bench must not replace them with "not measured").
+            print("[bench] gpu: no GPU here; section 8's GPU figures kept", file=sys.stderr)
+            sections[name] = kept
+            continue
         if not section.command:  # as run: the thread count is part of the command
             threads = os.environ.get("OMP_NUM_THREADS", "unset")
             section.command = (
@@ -197,7 +205,6 @@ def main() -> None:
     if args.smoke:
         print(render(sections, facts, quiet))
         return
-    out = args.out or DOC
     if args.only and not LAST_RUN.exists() and out.exists():
         # No saved run to re-render the other tables from: replace only these sections (and
         # their target rows) in the page as it is.
@@ -208,6 +215,32 @@ def main() -> None:
     save_run(sections, facts, quiet)
     write_atomic(out, render(sections, facts, quiet))
     print(f"[bench] wrote {out}", file=sys.stderr)
+
+
+def measured_gpu_section(page: Path) -> Section | None:
+    """Section 8 of `page` as a GPU machine wrote it (None: no page, or no GPU figures)."""
+    if not page.exists():
+        return None
+    block = next((b for b in page.read_text().split("\n## ") if b.startswith("8. ")), None)
+    if block is None or "\nDevice: " not in block:
+        return None
+    title, rest = block.split("\n", 1)
+    line = re.search(r"^Command: `(.*?)` \((\d+) s, (.*?), commit (\S+?)\)", rest, flags=re.M)
+    if line is None:
+        return None
+    body = rest[line.end() :].strip()
+    notes = ROOT / "benchmarks" / "notes_gpu.md"  # render appends it again
+    if notes.exists():
+        body = body.replace(notes.read_text().strip(), "").strip()
+    device = re.search(r"^Device: (.*?)\.", body, flags=re.M)
+    data = {
+        "device": device.group(1) if device else "unknown",
+        "_seconds": float(line.group(2)),
+        "_date": line.group(3),
+        "_commit": line.group(4),
+        "_quiet": ["untimed", "untimed"],
+    }
+    return Section(title.strip(), line.group(1), body.split("\n## ", 1)[0], data)
 
 
 # How each section's rows in the targets table are recognised (to replace them in place).

@@ -157,3 +157,34 @@ def test_bench_gpu_on_a_fresh_checkout_replaces_only_its_section_and_the_commit_
     assert len(before) == len(after)
     changed = [old[:12] for old, new in zip(before, after, strict=True) if old != new]
     assert changed == [before[0][:12], "8. GPU: real"]  # the header and section 8 only
+
+
+def test_make_bench_without_a_gpu_keeps_the_gpu_figures_already_in_the_page(tmp_path, monkeypatch):
+    import sys
+
+    from benchmarks import bench_gpu, run_all
+    from benchmarks.common import Section
+
+    measured = Section(
+        bench_gpu.TITLE,
+        "make bench-gpu",
+        "Device: NVIDIA H100 80GB HBM3. Median of 3 steps.\n\n| SD 1.4 | DRaFT-1 | 1 | 0.61 |",
+        {"device": "NVIDIA H100", "_seconds": 412.0, "_date": "2027-01-01 09:00 UTC"},
+    )
+    measured.data["_commit"] = "abcdef1"
+    out = tmp_path / "benchmarks.md"
+    out.write_text(run_all.render({"gpu": measured}, {}, ("", "")))
+
+    def not_run(smoke: bool) -> Section:  # what bench_gpu.run gives without a GPU
+        return Section(bench_gpu.TITLE, "", bench_gpu.NOT_RUN, {"device": None})
+
+    monkeypatch.setattr(run_all, "benchmarks", lambda: {"gpu": ("bench_gpu", not_run)})
+    monkeypatch.setattr(run_all, "ROOT", tmp_path)
+    monkeypatch.setattr(run_all, "LAST_RUN", tmp_path / "last_run.json")
+    monkeypatch.setattr(run_all, "wait_until_quiet", lambda seconds: "quiet")
+    monkeypatch.setattr(sys, "argv", ["run_all", "--out", str(out)])
+    run_all.main()
+    page = out.read_text()
+    assert "NVIDIA H100 80GB HBM3" in page and "No GPU was lent" not in page
+    assert "(412 s, 2027-01-01 09:00 UTC, commit abcdef1)" in page
+    assert page.count("Device: NVIDIA") == 1
