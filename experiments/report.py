@@ -203,26 +203,25 @@ OTHER_ATTRIBUTES = ("colour", "size", "position", "background")
 
 
 def caption_agreement(runs: list[dict], stage: str) -> list[dict[str, float]]:
-    """Per run: of its stored validation samples at `stage`, the fraction the judge reads as
-    showing the colour, size, position and background their caption states (amendment 1).
-    A reward for the shape alone can be gamed by drawing one thing for every caption; that
-    loses these."""
+    """Per run: of its stored validation samples at `stage` (fully stated captions), the
+    fraction the judge reads as showing the colour, size, position and background their
+    caption states (amendment 1). A reward for the shape alone can be gamed by drawing one
+    thing for every caption; that loses these."""
     import torch
 
-    from draft_lightning.toy.judge import ToyJudgeReward
+    from draft_lightning.toy import quality
+    from draft_lightning.toy.judge import load_judge
+    from draft_lightning.toy.paths import toy_judge_path
 
-    judges = {a: ToyJudgeReward(attribute=a, value="caption") for a in OTHER_ATTRIBUTES}
+    judge = load_judge(toy_judge_path())
     shown = []
     for run in runs:
         samples = run["samples"][stage]
-        images = decode_pixels(samples).float() / 255
         with torch.no_grad():
-            shown.append(
-                {
-                    attribute: float(judge.verdicts(images, samples["prompts"]).float().mean())
-                    for attribute, judge in judges.items()
-                }
+            found = quality.caption_agreement(
+                judge, decode_pixels(samples).float() / 255, samples["prompts"]
             )
+        shown.append({attribute: found[attribute] for attribute in OTHER_ATTRIBUTES})
     return shown
 
 
