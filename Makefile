@@ -54,7 +54,7 @@ bench-gpu: install
 # Not part of `make test`: the pre-registered claims (experiments/preregistration.md) on the
 # toy model shipped in the package, 5 seeds each. Several hours on a 2-core CPU in all, so it
 # comes in three parts a person can run separately (each resumable: finished runs are cached
-# in .cache/experiments); each rewrites docs/experiments.md and docs/images/experiments/ from
+# in .cache/experiments, a run cut short resumes from its last step); each rewrites docs/experiments.md and docs/images/experiments/ from
 # every cached run, and a claim whose runs are missing names the part to run.
 # Measured times per part: docs/experiments.md.
 experiments: install

@@ -1,25 +1,38 @@
 """A callback that records, per optimiser step and per evaluation, what the experiments plot:
 reward, reward queries, training wall time (validation excluded) and gradient norm, and at
-every evaluation the held-out judge's score (`val/heldout/judge`) where the module has one."""
+every evaluation the held-out judge's score (`val/heldout/judge`) where the module has one.
+
+Its records travel in the run's checkpoints (with the commit and start time of the run and
+the wall time spent so far), so a run cut short and resumed reports what an uninterrupted
+run would: the same records, the first start, and the wall time of both processes."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from lightning.pytorch import Callback
 
 
 class Recorder(Callback):
     """`measure(module)`, if given, adds its values to every evaluation's record (outside
-    the timed training steps)."""
+    the timed training steps). `commit` is the code's commit, kept with the records."""
 
-    def __init__(self, measure: Callable[[object], dict] | None = None) -> None:
+    def __init__(self, measure: Callable[[object], dict] | None = None, commit: str = "") -> None:
         self.measure = measure
+        self.commit = commit
+        self.started = time.time()
         self.train: list[dict] = []
         self.val: list[dict] = []
         self.train_seconds = 0.0
         self._start = 0.0
+        self._wall_before = 0.0  # wall seconds of the processes this run resumed from
+        self._clock = time.perf_counter()
+        self.resumed = False
+
+    def wall_seconds(self) -> float:
+        return self._wall_before + time.perf_counter() - self._clock
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._start = time.perf_counter()
@@ -50,3 +63,24 @@ class Recorder(Callback):
                 **(self.measure(pl_module) if self.measure is not None else {}),
             }
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "train": self.train,
+            "val": self.val,
+            "train_seconds": self.train_seconds,
+            "started": self.started,
+            "commit": self.commit,
+            "wall_seconds": self.wall_seconds(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict["commit"] != self.commit:  # run.train checks this before resuming
+            raise ValueError(f"records of commit {state_dict['commit']}, not {self.commit}")
+        self.train = list(state_dict["train"])
+        self.val = list(state_dict["val"])
+        self.train_seconds = float(state_dict["train_seconds"])
+        self.started = float(state_dict["started"])
+        self._wall_before = float(state_dict["wall_seconds"])
+        self._clock = time.perf_counter()
+        self.resumed = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import shutil
 import subprocess
 import time
 import warnings
@@ -108,15 +109,47 @@ def build_module(settings: ExperimentSettings, spec: RunSpec):
     return (DDPOModule if spec.ddpo else DraftModule)(**kwargs)
 
 
-def train(settings: ExperimentSettings, spec: RunSpec) -> dict:
+def resumable(checkpoints: Path, code: str) -> Path | None:
+    """The run's last.ckpt if it can be resumed: readable, and written by this same clean
+    commit (a run must not mix code; uncommitted changes cannot be told apart)."""
+    last = checkpoints / "last.ckpt"
+    if code.endswith("-dirty") or not last.is_file():
+        return None
+    try:
+        checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - truncated or not a checkpoint: start afresh
+        return None
+    records = (checkpoint.get("callbacks") or {}).get(Recorder.__qualname__) or {}
+    return last if records.get("commit") == code else None
+
+
+def train(settings: ExperimentSettings, spec: RunSpec, checkpoints: Path | None = None) -> dict:
     """Fit one run; return its per-step and per-evaluation records, the final adapter at
     other strengths, the empty prompt's samples, and the base and final samples of the
-    validation captions (for grids and the judge's verdicts)."""
+    validation captions (for grids and the judge's verdicts).
+
+    With `checkpoints`, the run writes its last.ckpt there after every optimiser step (the
+    adapter, optimiser, data position, RNG states and the records), and a run cut short
+    resumes from it where it stopped, with the records an uninterrupted run would have: runs
+    of an hour or more then survive the end of a session. A checkpoint of other code is
+    discarded and the run starts afresh."""
     from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from draft_lightning.data import PromptDataModule
+    from draft_lightning.training.checkpoint_io import AtomicCheckpointIO
+    from draft_lightning.training.pending_validation import PendingValidation
 
-    started, clock = time.time(), time.perf_counter()
+    code = commit()
+    recorder = Recorder(
+        (lambda m: {"unconditional": unconditional_samples(m, settings, 1.0)})
+        if spec.track_diversity
+        else None,
+        commit=code,
+    )
+    resume = resumable(checkpoints, code) if checkpoints is not None else None
+    if checkpoints is not None and resume is None:
+        shutil.rmtree(checkpoints, ignore_errors=True)
     module = build_module(settings, spec)
     train_prompts, val_prompts = prompts(settings, spec.task)
     data = PromptDataModule(
@@ -128,11 +161,16 @@ def train(settings: ExperimentSettings, spec: RunSpec) -> dict:
         num_val_seeds=settings.num_val_seeds,
         seed=spec.seed,
     )
-    recorder = Recorder(
-        (lambda m: {"unconditional": unconditional_samples(m, settings, 1.0)})
-        if spec.track_diversity
-        else None
-    )
+    saving = []
+    if checkpoints is not None:
+        # Each step's checkpoint is written before that step's validation;
+        # PendingValidation runs a validation the stopped run still owed.
+        saving = [
+            ModelCheckpoint(
+                dirpath=checkpoints, save_last=True, save_top_k=0, every_n_train_steps=1
+            ),
+            PendingValidation(),
+        ]
     base = validation_samples(module, settings, val_prompts, spec.task)
     trainer = Trainer(
         accelerator="cpu",
@@ -143,12 +181,13 @@ def train(settings: ExperimentSettings, spec: RunSpec) -> dict:
         num_sanity_val_steps=-1,
         gradient_clip_val=None if spec.ddpo else 1.0,
         logger=False,
-        enable_checkpointing=False,
+        enable_checkpointing=bool(saving),
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[recorder],
+        callbacks=[recorder, *saving],
+        plugins=[AtomicCheckpointIO()] if saving else None,
     )
-    trainer.fit(module, data)
+    trainer.fit(module, data, ckpt_path=resume)
     if recorder.val[-1]["step"] != trainer.global_step:  # evaluate the final adapter
         trainer.validate(module, data, verbose=False)
     scaled = {}
@@ -169,9 +208,10 @@ def train(settings: ExperimentSettings, spec: RunSpec) -> dict:
             "base": base,
             "final": validation_samples(module, settings, val_prompts, spec.task),
         },
-        "commit": commit(),
-        "started": started,
-        "wall_seconds": time.perf_counter() - clock,
+        "commit": code,
+        "started": recorder.started,
+        "wall_seconds": recorder.wall_seconds(),
+        "resumed": recorder.resumed,
     }
 
 

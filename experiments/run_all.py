@@ -5,7 +5,9 @@
 
 Each finished run is cached in .cache/experiments/ (keyed by its RunSpec, the shared settings
 and the weights of the toy model and classifier), so an interrupted part resumes where it
-stopped, parts run on different days add up, and a new toy model starts afresh. Whatever
+stopped, parts run on different days add up, and a new toy model starts afresh. A run in
+progress keeps a checkpoint after every optimiser step in .cache/experiments/partial/, so a
+run cut short (the end of a session, a kill) resumes at its last step, not from the start. Whatever
 part ran, the report is written from every cached run of the plan; a claim whose runs are
 missing says which part to run.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict, replace
@@ -94,18 +97,26 @@ class Cache:
         path = self.path(kind, what)
         return json.loads(path.read_text())["result"] if path.is_file() else None
 
+    def partial(self, kind: str, what: dict) -> Path:
+        """Where an unfinished computation keeps its checkpoints (removed once cached)."""
+        return self.folder / "partial" / self.path(kind, what).stem
+
     def get_or_run(self, kind: str, what: dict, compute, label: str) -> dict:
+        """The cached result, else `compute(partial_folder)`'s, cached."""
         found = self.get(kind, what)
         if found is not None:
             return found
         start = time.perf_counter()
-        result = compute()
-        print(f"  {label}: {time.perf_counter() - start:.0f} s", flush=True)
+        partial = self.partial(kind, what)
+        result = compute(partial)
+        resumed = " (resumed)" if isinstance(result, dict) and result.get("resumed") else ""
+        print(f"  {label}: {time.perf_counter() - start:.0f} s{resumed}", flush=True)
         path = self.path(kind, what)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"key": self.key(kind, what), "result": result}))
         tmp.replace(path)
+        shutil.rmtree(partial, ignore_errors=True)
         self.ran.append(label)
         return result
 
@@ -144,7 +155,9 @@ def run_part(part: str, settings: ExperimentSettings, cache: Cache) -> None:
 
     def train(spec: RunSpec) -> None:
         label = f"{spec.label} seed {spec.seed}"
-        cache.get_or_run("train", spec_key(spec), lambda: run.train(settings, spec), label)
+        cache.get_or_run(
+            "train", spec_key(spec), lambda partial: run.train(settings, spec, partial), label
+        )
 
     print(f"[experiments] part {part}", flush=True)
     if part == "efficiency":
@@ -158,7 +171,7 @@ def run_part(part: str, settings: ExperimentSettings, cache: Cache) -> None:
                 cache.get_or_run(
                     "gradnorm",
                     norm_key(settings, seed, num_steps),
-                    lambda s=seed, t=num_steps: run.gradient_norms(settings, s, t),
+                    lambda _, s=seed, t=num_steps: run.gradient_norms(settings, s, t),
                     f"gradient norms T={num_steps} seed {seed}",
                 )
     elif part == "ddpo":

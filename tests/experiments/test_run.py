@@ -3,6 +3,7 @@ model whatever the adapter learned, since the report uses it as the base model's
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from experiments import run
@@ -46,3 +47,58 @@ def test_caption_agreement_reads_rendered_truth_as_shown_and_one_image_for_all_a
     assert set(shown) == set(OTHER_ATTRIBUTES)
     assert min(shown.values()) > 0.9, shown
     assert max(collapsed[a] for a in ("colour", "background")) < 0.6, collapsed
+
+
+class Cut(Exception):
+    """Stands for the end of a session: the run stops after a step, before its checkpoint."""
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        RunSpec("DRaFT-1", 0, num_steps=4, budget=4, val_every=2, track_diversity=True),
+        RunSpec("DDPO", 0, num_steps=4, budget=3, val_every=1, ddpo_lr=1e-2, ddpo_clip=1e-3),
+    ],
+    ids=["DRaFT-1", "DDPO"],
+)
+def test_a_run_cut_short_resumes_with_the_records_of_an_uninterrupted_run(
+    spec, tmp_path, monkeypatch
+):
+    """A run of hours must survive the end of a session: cut after its third step (the
+    checkpoint of the second was written before that step's validation, which the resume
+    must redo), resumed, it ends with the records, adapter and samples of a run never cut."""
+    from experiments.recorder import Recorder
+
+    settings = smoke()
+    monkeypatch.setattr(run, "commit", lambda: "abc1234")
+    straight = run.train(settings, spec)
+
+    folder = tmp_path / "partial"
+    recorded = Recorder.on_train_batch_end
+
+    def cut_after_third_step(self, trainer, *args):
+        recorded(self, trainer, *args)
+        if len(self.train) == 3:
+            raise Cut
+
+    monkeypatch.setattr(Recorder, "on_train_batch_end", cut_after_third_step)
+    with pytest.raises(Cut):
+        run.train(settings, spec, folder)
+    monkeypatch.setattr(Recorder, "on_train_batch_end", recorded)
+    assert run.resumable(folder, "abc1234") == folder / "last.ckpt"
+    assert run.resumable(folder, "def5678") is None  # other code: start afresh
+    assert run.resumable(folder, "abc1234-dirty") is None  # uncommitted changes: cannot tell
+
+    resumed = run.train(settings, spec, folder)
+    assert resumed["resumed"] and not straight["resumed"]
+
+    def timeless(records):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+    assert timeless(resumed["train"]) == timeless(straight["train"])
+    assert timeless(resumed["val"]) == timeless(straight["val"])
+    assert [r["step"] for r in resumed["val"]] == [r["step"] for r in straight["val"]]
+    assert resumed["samples"] == straight["samples"]
+    assert resumed["unconditional"] == straight["unconditional"]
+    assert resumed["started"] < straight["started"] + straight["wall_seconds"] + 3600
+    assert resumed["commit"] == "abc1234"
