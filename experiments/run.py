@@ -139,6 +139,7 @@ def train(settings: ExperimentSettings, spec: RunSpec, checkpoints: Path | None 
     from draft_lightning.data import PromptDataModule
     from draft_lightning.training.checkpoint_io import AtomicCheckpointIO
     from draft_lightning.training.pending_validation import PendingValidation
+    from draft_lightning.training.stop_signals import StopOnSignal
 
     code = commit()
     recorder = Recorder(
@@ -164,12 +165,14 @@ def train(settings: ExperimentSettings, spec: RunSpec, checkpoints: Path | None 
     saving = []
     if checkpoints is not None:
         # Each step's checkpoint is written before that step's validation;
-        # PendingValidation runs a validation the stopped run still owed.
+        # PendingValidation runs a validation the stopped run still owed; SIGTERM or SIGINT
+        # stops at a step boundary with a checkpoint (RunInterrupted, exit status 143/130).
         saving = [
             ModelCheckpoint(
                 dirpath=checkpoints, save_last=True, save_top_k=0, every_n_train_steps=1
             ),
             PendingValidation(),
+            StopOnSignal(),
         ]
     base = validation_samples(module, settings, val_prompts, spec.task)
     trainer = Trainer(

@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import json
 import shutil
+import signal
 import sys
 import time
 from dataclasses import asdict, replace
@@ -181,6 +182,26 @@ def run_part(part: str, settings: ExperimentSettings, cache: Cache) -> None:
             train(spec)
 
 
+def train_parts(parts: tuple[str, ...], settings: ExperimentSettings, cache: Cache) -> None:
+    """Run the parts; SIGTERM or SIGINT (a session's end, `kill`, Ctrl+C) stops them in one
+    line with the shell's status for the signal, never 0 (Lightning's own SIGTERM handling
+    exits 0): the run in progress stops at a step boundary with its checkpoint."""
+    from draft_lightning.training.stop_signals import CommandSignals, RunInterrupted
+
+    try:
+        with CommandSignals():
+            for part in parts:
+                run_part(part, settings, cache)
+    except RunInterrupted as stop:
+        print(
+            f"stopped by {signal.Signals(stop.signum).name}: {len(cache.ran)} runs finished and "
+            f"cached now; the run in progress resumes from its last checkpoint "
+            f"({cache.folder / 'partial'}) when the part runs again",
+            file=sys.stderr,
+        )
+        raise SystemExit(stop.exit_status) from None
+
+
 def collect(settings: ExperimentSettings, cache: Cache) -> dict:
     """Every cached run of the plan, grouped by label (lists over seeds, complete groups
     only), with the gradient norms and the DDPO sweep."""
@@ -254,8 +275,7 @@ def main() -> None:
     cache = Cache(args.cache, settings)
     start = time.perf_counter()
     if not args.report_only:
-        for part in plan.PARTS if args.part == "all" else (args.part,):
-            run_part(part, settings, cache)
+        train_parts(plan.PARTS if args.part == "all" else (args.part,), settings, cache)
     everything = collect(settings, cache)
     everything["seconds"] = time.perf_counter() - start
     from experiments.report import write_report

@@ -3,6 +3,9 @@ model whatever the adapter learned, since the report uses it as the base model's
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 import torch
 
@@ -50,7 +53,7 @@ def test_caption_agreement_reads_rendered_truth_as_shown_and_one_image_for_all_a
 
 
 class Cut(Exception):
-    """Stands for the end of a session: the run stops after a step, before its checkpoint."""
+    """Stands for SIGKILL: the run stops after a step, before that step's checkpoint."""
 
 
 @pytest.mark.parametrize(
@@ -64,41 +67,52 @@ class Cut(Exception):
 def test_a_run_cut_short_resumes_with_the_records_of_an_uninterrupted_run(
     spec, tmp_path, monkeypatch
 ):
-    """A run of hours must survive the end of a session: cut after its third step (the
+    """A run of hours must survive the end of a session. Killed after its third step (the
     checkpoint of the second was written before that step's validation, which the resume
-    must redo), resumed, it ends with the records, adapter and samples of a run never cut."""
+    must redo), or sent SIGTERM during its second (it stops at the step's end with a
+    checkpoint and the signal's exit status), then resumed, it ends with the records,
+    adapter and samples of a run never stopped."""
+    from draft_lightning.training.stop_signals import RunInterrupted
     from experiments.recorder import Recorder
 
     settings = smoke()
     monkeypatch.setattr(run, "commit", lambda: "abc1234")
     straight = run.train(settings, spec)
-
-    folder = tmp_path / "partial"
     recorded = Recorder.on_train_batch_end
 
-    def cut_after_third_step(self, trainer, *args):
-        recorded(self, trainer, *args)
-        if len(self.train) == 3:
-            raise Cut
+    def stopping(after: int, stop):
+        def on_train_batch_end(self, trainer, *args):
+            recorded(self, trainer, *args)
+            if len(self.train) == after:
+                stop()
 
-    monkeypatch.setattr(Recorder, "on_train_batch_end", cut_after_third_step)
-    with pytest.raises(Cut):
-        run.train(settings, spec, folder)
-    monkeypatch.setattr(Recorder, "on_train_batch_end", recorded)
-    assert run.resumable(folder, "abc1234") == folder / "last.ckpt"
-    assert run.resumable(folder, "def5678") is None  # other code: start afresh
-    assert run.resumable(folder, "abc1234-dirty") is None  # uncommitted changes: cannot tell
+        return on_train_batch_end
 
-    resumed = run.train(settings, spec, folder)
-    assert resumed["resumed"] and not straight["resumed"]
+    def kill():
+        raise Cut
+
+    def sigterm():
+        os.kill(os.getpid(), signal.SIGTERM)  # handled: the step ends, then the run stops
 
     def timeless(records):
         return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
 
-    assert timeless(resumed["train"]) == timeless(straight["train"])
-    assert timeless(resumed["val"]) == timeless(straight["val"])
-    assert [r["step"] for r in resumed["val"]] == [r["step"] for r in straight["val"]]
-    assert resumed["samples"] == straight["samples"]
-    assert resumed["unconditional"] == straight["unconditional"]
-    assert resumed["started"] < straight["started"] + straight["wall_seconds"] + 3600
-    assert resumed["commit"] == "abc1234"
+    for name, after, stop, expected in (("kill", 3, kill, Cut), ("term", 2, sigterm, None)):
+        folder = tmp_path / name
+        monkeypatch.setattr(Recorder, "on_train_batch_end", stopping(after, stop))
+        with pytest.raises(expected or RunInterrupted) as stopped:
+            run.train(settings, spec, folder)
+        monkeypatch.setattr(Recorder, "on_train_batch_end", recorded)
+        if expected is None:
+            assert stopped.value.exit_status == 143 and stopped.value.checkpoint is not None
+        assert run.resumable(folder, "abc1234") == folder / "last.ckpt"
+        assert run.resumable(folder, "def5678") is None  # other code: start afresh
+        assert run.resumable(folder, "abc1234-dirty") is None  # uncommitted: cannot tell
+
+        resumed = run.train(settings, spec, folder)
+        assert resumed["resumed"] and not straight["resumed"]
+        assert timeless(resumed["train"]) == timeless(straight["train"]), name
+        assert timeless(resumed["val"]) == timeless(straight["val"]), name
+        assert resumed["samples"] == straight["samples"], name
+        assert resumed["unconditional"] == straight["unconditional"], name
+        assert resumed["commit"] == "abc1234"
