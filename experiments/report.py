@@ -467,7 +467,12 @@ def not_run(everything: dict) -> str:
     lengths = (s["num_steps"], s["long_num_steps"])
     parts += [f"gradient norms at T = {t}" for t in lengths if t not in everything["norms"]]
     if everything.get("choice") is None:
-        parts.append("DDPO's sweep, and its positive control and comparison runs after it")
+        sweep = everything.get("sweep") or {}
+        left = sum(result is None for result in sweep.values())
+        parts.append(
+            f"DDPO's sweep ({left} of {len(sweep)} runs to run), and its positive control "
+            "and comparison runs after it"
+        )
     return ", ".join(parts) or "nothing"
 
 

@@ -53,6 +53,7 @@ def test_every_part_runs_and_the_report_judges_every_claim(tmp_path):
     not_run = [row for row in rows if "**not run**" in row]
     assert len(not_run) == 6 and all("make experiments-" in row for row in not_run), not_run
     assert "make experiments-chain" in not_run[0] and "make experiments-ddpo" in not_run[-1]
+    assert "DDPO's sweep (2 of 2 runs to run)" in out.read_text()
 
     result = run_smoke(out, figures, cache)  # the rest; the efficiency runs come from the cache
     assert result.returncode == 0, result.stderr[-3000:]
