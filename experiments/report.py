@@ -442,11 +442,29 @@ def provenance(everything: dict) -> list[str]:
             f"{_utc(max(r['started'] for r in runs))}; {wall / 60:.0f} min of training and "
             "evaluation in all"
         )
+    if everything.get("parts"):
+        lines.append(part_line(everything["parts"]))
     lines.append(
         f"- Machine: {os.cpu_count()} CPU cores ({platform.machine()}), Python "
         f"{platform.python_version()}, no GPU. Seconds per step are this CPU's figures."
     )
     return lines
+
+
+def part_line(parts: dict[str, dict]) -> str:
+    """Runs and wall time per part: the whole plan takes far more than 3 hours of this CPU,
+    so a person runs it as separate targets, and needs each one's cost."""
+    described = [
+        f"{part} (`make experiments-{part}`) {t['cached']} of {t['planned']} runs, "
+        f"{t['seconds'] / 3600:.1f} h"
+        for part, t in parts.items()
+    ]
+    total = sum(t["seconds"] for t in parts.values()) / 3600
+    return (
+        "- Time per part (wall time of the cached training runs, one thread each, parts run "
+        f"side by side on this machine; gradient norms not timed): {'; '.join(described)}. "
+        f"{total:.1f} h so far, so the plan is split into these targets, each resumable."
+    )
 
 
 def amendment_line() -> str:

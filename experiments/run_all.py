@@ -232,12 +232,43 @@ def collect(settings: ExperimentSettings, cache: Cache) -> dict:
             norms[num_steps] = found
     return {
         "settings": asdict(settings),
+        "parts": part_times(settings, cache, choice),
         "groups": complete,
         "missing": missing,
         "norms": norms,
         "sweep": sweep,
         "choice": choice,
     }
+
+
+def part_times(
+    settings: ExperimentSettings, cache: Cache, choice: tuple[float, float] | None
+) -> dict[str, dict]:
+    """Per part: runs planned, runs cached, and the wall seconds the cached ones took (the
+    figures a person needs to decide which part to run when)."""
+    lengths = plan.gradient_norm_lengths(settings)
+    efficiency = plan.efficiency_runs(settings)
+    planned: dict[str, list[tuple[str, dict] | None]] = {
+        "efficiency": [("train", spec_key(s)) for s in efficiency],
+        "chain": [("train", spec_key(s)) for s in plan.chain_runs(settings) if s not in efficiency]
+        + [("gradnorm", norm_key(settings, seed, t)) for t in lengths for seed in settings.seeds],
+        "ddpo": [("train", spec_key(s)) for s in plan.sweep_runs(settings)]
+        + (  # the runs after the sweep are known once it chose (control + main per seed)
+            [("train", spec_key(s)) for s in plan.ddpo_runs(settings, choice)]
+            if choice is not None
+            else [None] * (2 * len(settings.seeds))
+        ),
+    }
+    times = {}
+    for part, keys in planned.items():
+        found = [cache.get(*key) for key in keys if key is not None]
+        found = [result for result in found if result is not None]
+        times[part] = {
+            "planned": len(keys),
+            "cached": len(found),
+            "seconds": sum(r.get("wall_seconds", 0.0) for r in found),
+        }
+    return times
 
 
 def seed_list(text: str) -> tuple[int, ...]:

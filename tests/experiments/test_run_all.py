@@ -53,7 +53,13 @@ def test_every_part_runs_and_the_report_judges_every_claim(tmp_path):
     not_run = [row for row in rows if "**not run**" in row]
     assert len(not_run) == 6 and all("make experiments-" in row for row in not_run), not_run
     assert "make experiments-chain" in not_run[0] and "make experiments-ddpo" in not_run[-1]
-    assert "DDPO's sweep (2 of 2 runs to run)" in out.read_text()
+    doc = out.read_text()
+    assert "DDPO's sweep (2 of 2 runs to run)" in doc
+    # Each part's runs and time: 6 efficiency runs; 14 chain runs (DRaFT-1 at T=4 is the
+    # efficiency part's) and 4 gradient norms; 2 sweep runs, then control and main per seed.
+    assert "efficiency (`make experiments-efficiency`) 6 of 6 runs" in doc
+    assert "chain (`make experiments-chain`) 0 of 18 runs, 0.0 h" in doc
+    assert "ddpo (`make experiments-ddpo`) 0 of 6 runs, 0.0 h" in doc
 
     result = run_smoke(out, figures, cache)  # the rest; the efficiency runs come from the cache
     assert result.returncode == 0, result.stderr[-3000:]
@@ -76,6 +82,8 @@ def test_every_part_runs_and_the_report_judges_every_claim(tmp_path):
         assert f"| {group}" in doc, group
     assert "red control, T=4 |" in doc
     assert "Not run yet: nothing" in doc
+    assert "chain (`make experiments-chain`) 18 of 18 runs" in doc
+    assert "ddpo (`make experiments-ddpo`) 6 of 6 runs" in doc
     pngs = sorted(p.name for p in figures.glob("*.png"))
     expected = {
         "efficiency.png",
