@@ -163,9 +163,11 @@ def test_bf16_mixed_runs_on_the_cpu_and_lora_stays_float32(tiny_sd, tmp_path):
     assert torch.isfinite(trainer.callback_metrics["train/reward"])
 
 
-def one_step(tmp_path: Path, devices: int, batch: int, record: Path) -> dict[str, torch.Tensor]:
+def one_step(
+    tmp_path: Path, devices: int, batch: int, record: Path, *extra: str
+) -> dict[str, torch.Tensor]:
     """LoRA weights after one plain SGD step (lr 1), so updates compare as gradients."""
-    run = tmp_path / f"devices{devices}"
+    run = tmp_path / f"devices{devices}{'-extra' if extra else ''}"
     run.mkdir()
     completed = launch(
         [
@@ -199,6 +201,7 @@ def one_step(tmp_path: Path, devices: int, batch: int, record: Path) -> dict[str
             "plugins.recorders.RecordSamples",
             "--trainer.callbacks.folder",
             str(record),
+            *extra,
         ],
         run,
         devices,
@@ -228,3 +231,21 @@ def test_a_ddp_step_equals_one_process_with_the_global_batch(tmp_path, tiny_sd):
     assert {r["rank"] for r in records} == {0, 1}
     assert len(pairs) == len(set(pairs)) == 4
     assert set(pairs) == seen_single
+
+
+def test_a_ddp_step_through_the_compiled_paths_equals_one_eager_process(tmp_path, tiny_sd):
+    """`compile_unet` under DDP: each differentiated call's parameter gradients come from
+    the recompute in backward (an autograd.Function whose inputs are the LoRA weights), and
+    must still reach DDP's all-reduce. The compiled graph's stand-in (the eager denoiser,
+    plugins/compiled.py) takes the same paths on both ranks without compiling."""
+    single = one_step(tmp_path, devices=1, batch=4, record=tmp_path / "single")
+    counts = tmp_path / "recomputed"
+    extra = ["--trainer.callbacks+", "plugins.compiled.CompiledStandIn"]
+    ddp = one_step(
+        tmp_path, 2, 2, tmp_path / "ddp", *extra, "--trainer.callbacks.folder", str(counts)
+    )
+    ranks = [json.loads((counts / f"rank{r}.json").read_text())["recomputed"] for r in (0, 1)]
+    assert all(n > 0 for n in ranks), ranks  # every rank's gradient came from the recompute
+    assert single.keys() == ddp.keys() and single
+    for name in single:
+        torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=1e-7)
