@@ -2,9 +2,11 @@
 reward, reward queries, training wall time (validation excluded) and gradient norm, and at
 every evaluation the held-out judge's score (`val/heldout/judge`) where the module has one.
 
-Its records travel in the run's checkpoints (with the commit and start time of the run and
-the wall time spent so far), so a run cut short and resumed reports what an uninterrupted
-run would: the same records, the first start, and the wall time of both processes."""
+Its records travel in the run's checkpoints (with the commit, code fingerprint and start
+time of the run and the wall time spent so far), so a run cut short and resumed reports what
+an uninterrupted run would: the same records and the first start; its wall time is this
+process's plus the earlier ones' up to their last checkpoint (work lost after it is not
+counted)."""
 
 from __future__ import annotations
 
@@ -19,16 +21,19 @@ class Recorder(Callback):
     """`measure(module)`, if given, adds its values to every evaluation's record (outside
     the timed training steps). `commit` is the code's commit, kept with the records."""
 
-    def __init__(self, measure: Callable[[object], dict] | None = None, commit: str = "") -> None:
+    def __init__(
+        self, measure: Callable[[object], dict] | None = None, commit: str = "", code: str = ""
+    ) -> None:
         self.measure = measure
-        self.commit = commit
+        self.commit = commit  # the run's commit as it started, kept across a resume
+        self.code = code  # the code's fingerprint: a resume needs the same
         self.started = time.time()
         self.train: list[dict] = []
         self.val: list[dict] = []
         self.train_seconds = 0.0
         self._start = 0.0
         self._wall_before = 0.0  # wall seconds of the processes this run resumed from
-        self._clock = time.perf_counter()
+        self._clock = time.perf_counter()  # this process's share counts from here
         self.resumed = False
 
     def wall_seconds(self) -> float:
@@ -71,16 +76,17 @@ class Recorder(Callback):
             "train_seconds": self.train_seconds,
             "started": self.started,
             "commit": self.commit,
+            "code": self.code,
             "wall_seconds": self.wall_seconds(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict["commit"] != self.commit:  # run.train checks this before resuming
-            raise ValueError(f"records of commit {state_dict['commit']}, not {self.commit}")
+        if state_dict.get("code") != self.code:  # run.train checks this before resuming
+            raise ValueError(f"records of code {state_dict.get('code')}, not {self.code}")
         self.train = list(state_dict["train"])
         self.val = list(state_dict["val"])
         self.train_seconds = float(state_dict["train_seconds"])
         self.started = float(state_dict["started"])
+        self.commit = state_dict["commit"]
         self._wall_before = float(state_dict["wall_seconds"])
-        self._clock = time.perf_counter()
         self.resumed = True

@@ -455,15 +455,16 @@ def part_line(parts: dict[str, dict]) -> str:
     """Runs and wall time per part: the whole plan takes far more than 3 hours of this CPU,
     so a person runs it as separate targets, and needs each one's cost."""
     described = [
-        f"{part} (`make experiments-{part}`) {t['cached']} of {t['planned']} runs, "
+        f"{part} (`make experiments-{part}`) {t['cached']} of {t['planned']} cached, "
         f"{t['seconds'] / 3600:.1f} h"
         for part, t in parts.items()
     ]
     total = sum(t["seconds"] for t in parts.values()) / 3600
     return (
-        "- Time per part (wall time of the cached training runs, one thread each, parts run "
-        f"side by side on this machine; gradient norms not timed): {'; '.join(described)}. "
-        f"{total:.1f} h so far, so the plan is split into these targets, each resumable."
+        "- Time per part (training runs and, in the chain part, gradient-norm measurements; "
+        "the wall time of the training runs as they ran on this machine, beside whatever else "
+        f"ran then): {'; '.join(described)}. {total:.1f} h so far, so the plan is split into "
+        "these targets, each resumable."
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import shutil
 import subprocess
@@ -27,15 +28,45 @@ ROOT = Path(__file__).resolve().parents[1]
 TASKS = {"circle": ("shape", "circle"), "red": ("colour", "red")}
 
 
+# What `make experiments` itself writes into the checkout: not a change to the code.
+OUTPUTS = ("docs/experiments.md", "docs/images/experiments")
+# Files of the driver that only write the report: changing them cannot change a run.
+REPORT_ONLY = ("report.py", "plots.py", "claims.py", "stats.py")
+
+
 def commit() -> str:
-    """The code's short commit, `-dirty` with uncommitted changes: recorded with every run."""
-    out = subprocess.run(
-        ["git", "describe", "--always", "--dirty=-dirty", "--abbrev=7"],
+    """The code's short commit, `-dirty` with uncommitted changes to tracked files other
+    than the report this command writes: recorded with every run."""
+    head = subprocess.run(
+        ["git", "rev-parse", "--short=7", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    )
+    if head.returncode != 0:
+        return "unknown (not a git checkout)"
+    changed = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", "."]
+        + [f":!{path}" for path in OUTPUTS],
         cwd=ROOT,
         capture_output=True,
         text=True,
     )
-    return out.stdout.strip() or "unknown"
+    return head.stdout.strip() + ("-dirty" if changed.stdout.strip() else "")
+
+
+def code_fingerprint() -> str:
+    """Hash of the Python code a run executes, as it is on disk (the imported package and
+    this driver, committed or not): a run resumes only with the code it started with, and a
+    commit that changes no code (a report, the notes) does not discard a run in progress."""
+    import draft_lightning
+
+    package = Path(draft_lightning.__file__).parent
+    driver = Path(__file__).parent
+    files = [(package, p) for p in sorted(package.rglob("*.py"))]
+    files += [(driver, p) for p in sorted(driver.glob("*.py")) if p.name not in REPORT_ONLY]
+    digest = hashlib.sha1()
+    for root, path in files:
+        digest.update(f"{root.name}/{path.relative_to(root).as_posix()}".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def prompts(settings: ExperimentSettings, task: str) -> tuple[list[str], list[str]]:
@@ -110,17 +141,17 @@ def build_module(settings: ExperimentSettings, spec: RunSpec):
 
 
 def resumable(checkpoints: Path, code: str) -> Path | None:
-    """The run's last.ckpt if it can be resumed: readable, and written by this same clean
-    commit (a run must not mix code; uncommitted changes cannot be told apart)."""
+    """The run's last.ckpt if it can be resumed: readable, and written by the same code
+    (`code_fingerprint`; a run must not mix code)."""
     last = checkpoints / "last.ckpt"
-    if code.endswith("-dirty") or not last.is_file():
+    if not last.is_file():
         return None
     try:
         checkpoint = torch.load(last, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - truncated or not a checkpoint: start afresh
         return None
     records = (checkpoint.get("callbacks") or {}).get(Recorder.__qualname__) or {}
-    return last if records.get("commit") == code else None
+    return last if records.get("code") == code else None
 
 
 def train(settings: ExperimentSettings, spec: RunSpec, checkpoints: Path | None = None) -> dict:
@@ -132,7 +163,8 @@ def train(settings: ExperimentSettings, spec: RunSpec, checkpoints: Path | None 
     adapter, optimiser, data position, RNG states and the records), and a run cut short
     resumes from it where it stopped, with the records an uninterrupted run would have: runs
     of an hour or more then survive the end of a session. A checkpoint of other code is
-    discarded and the run starts afresh."""
+    discarded and the run starts afresh. The caller makes sure that one process at a time
+    uses `checkpoints` (run_all.Cache.claim)."""
     from lightning.pytorch import Trainer
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -141,12 +173,13 @@ def train(settings: ExperimentSettings, spec: RunSpec, checkpoints: Path | None 
     from draft_lightning.training.pending_validation import PendingValidation
     from draft_lightning.training.stop_signals import StopOnSignal
 
-    code = commit()
+    code = code_fingerprint()
     recorder = Recorder(
         (lambda m: {"unconditional": unconditional_samples(m, settings, 1.0)})
         if spec.track_diversity
         else None,
-        commit=code,
+        commit=commit(),
+        code=code,
     )
     resume = resumable(checkpoints, code) if checkpoints is not None else None
     if checkpoints is not None and resume is None:
@@ -211,7 +244,7 @@ def train(settings: ExperimentSettings, spec: RunSpec, checkpoints: Path | None 
             "base": base,
             "final": validation_samples(module, settings, val_prompts, spec.task),
         },
-        "commit": code,
+        "commit": recorder.commit,
         "started": recorder.started,
         "wall_seconds": recorder.wall_seconds(),
         "resumed": recorder.resumed,

@@ -15,6 +15,7 @@ missing says which part to run.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import shutil
@@ -23,6 +24,7 @@ import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import IO
 
 from experiments import plan
 from experiments.methods import check_extra
@@ -102,24 +104,51 @@ class Cache:
         """Where an unfinished computation keeps its checkpoints (removed once cached)."""
         return self.folder / "partial" / self.path(kind, what).stem
 
-    def get_or_run(self, kind: str, what: dict, compute, label: str) -> dict:
-        """The cached result, else `compute(partial_folder)`'s, cached."""
+    def claim(self, kind: str, what: dict) -> IO | None:
+        """Lock a computation for this process (None: another process holds it). Parts may run
+        side by side and share runs (the chain part's DRaFT-1 is the efficiency part's): one
+        process trains a run and owns its partial folder. The lock goes with the process,
+        however it ends."""
+        lock = self.partial(kind, what).with_suffix(".lock")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock, "w")  # noqa: SIM115 - held until the run is cached
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return None
+        return handle
+
+    def get_or_run(self, kind: str, what: dict, compute, label: str) -> dict | None:
+        """The cached result, else `compute(partial_folder)`'s, cached; None if another
+        process is computing it now."""
         found = self.get(kind, what)
         if found is not None:
             return found
-        start = time.perf_counter()
-        partial = self.partial(kind, what)
-        result = compute(partial)
-        resumed = " (resumed)" if isinstance(result, dict) and result.get("resumed") else ""
-        print(f"  {label}: {time.perf_counter() - start:.0f} s{resumed}", flush=True)
-        path = self.path(kind, what)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"key": self.key(kind, what), "result": result}))
-        tmp.replace(path)
-        shutil.rmtree(partial, ignore_errors=True)
-        self.ran.append(label)
-        return result
+        lock = self.claim(kind, what)
+        if lock is None:
+            print(f"  {label}: another process is training it; skipped", flush=True)
+            return None
+        try:
+            found = self.get(kind, what)  # finished by another process meanwhile
+            if found is not None:
+                return found
+            start = time.perf_counter()
+            partial = self.partial(kind, what)
+            result = compute(partial)
+            resumed = " (resumed)" if isinstance(result, dict) and result.get("resumed") else ""
+            print(f"  {label}: {time.perf_counter() - start:.0f} s{resumed}", flush=True)
+            path = self.path(kind, what)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"key": self.key(kind, what), "result": result}))
+            tmp.replace(path)
+            shutil.rmtree(partial, ignore_errors=True)
+            Path(lock.name).unlink(missing_ok=True)
+            self.ran.append(label)
+            return result
+        finally:
+            lock.close()
 
 
 def spec_key(spec: RunSpec) -> dict:
@@ -178,7 +207,11 @@ def run_part(part: str, settings: ExperimentSettings, cache: Cache) -> None:
     elif part == "ddpo":
         for spec in plan.sweep_runs(settings):
             train(spec)
-        for spec in plan.ddpo_runs(settings, sweep_choice(settings, cache)):
+        choice = sweep_choice(settings, cache)
+        if choice is None:  # a sweep run is another process's: the rest waits for its choice
+            print("  DDPO's sweep is not complete: the runs after it wait for it", flush=True)
+            return
+        for spec in plan.ddpo_runs(settings, choice):
             train(spec)
 
 
@@ -195,8 +228,9 @@ def train_parts(parts: tuple[str, ...], settings: ExperimentSettings, cache: Cac
     except RunInterrupted as stop:
         print(
             f"stopped by {signal.Signals(stop.signum).name}: {len(cache.ran)} runs finished and "
-            f"cached now; the run in progress resumes from its last checkpoint "
-            f"({cache.folder / 'partial'}) when the part runs again",
+            f"cached now; a training run in progress resumes from its last checkpoint "
+            f"({cache.folder / 'partial'}) when the part runs again (a gradient-norm "
+            "measurement starts over)",
             file=sys.stderr,
         )
         raise SystemExit(stop.exit_status) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -77,6 +78,7 @@ def test_a_run_cut_short_resumes_with_the_records_of_an_uninterrupted_run(
 
     settings = smoke()
     monkeypatch.setattr(run, "commit", lambda: "abc1234")
+    monkeypatch.setattr(run, "code_fingerprint", lambda: "code-a")
     straight = run.train(settings, spec)
     recorded = Recorder.on_train_batch_end
 
@@ -105,14 +107,33 @@ def test_a_run_cut_short_resumes_with_the_records_of_an_uninterrupted_run(
         monkeypatch.setattr(Recorder, "on_train_batch_end", recorded)
         if expected is None:
             assert stopped.value.exit_status == 143 and stopped.value.checkpoint is not None
-        assert run.resumable(folder, "abc1234") == folder / "last.ckpt"
-        assert run.resumable(folder, "def5678") is None  # other code: start afresh
-        assert run.resumable(folder, "abc1234-dirty") is None  # uncommitted: cannot tell
+        assert run.resumable(folder, "code-a") == folder / "last.ckpt"
+        assert run.resumable(folder, "code-b") is None  # other code: start afresh
 
+        # A commit that changes no code (the notes, the report) resumes the run, which keeps
+        # the commit it started with.
+        monkeypatch.setattr(run, "commit", lambda: "def5678")
         resumed = run.train(settings, spec, folder)
+        monkeypatch.setattr(run, "commit", lambda: "abc1234")
         assert resumed["resumed"] and not straight["resumed"]
         assert timeless(resumed["train"]) == timeless(straight["train"]), name
         assert timeless(resumed["val"]) == timeless(straight["val"]), name
         assert resumed["samples"] == straight["samples"], name
         assert resumed["unconditional"] == straight["unconditional"], name
         assert resumed["commit"] == "abc1234"
+
+
+def test_the_code_fingerprint_follows_the_code_a_run_executes_not_the_report(tmp_path, monkeypatch):
+    """A run resumes only with the code it started with; a change to what only writes the
+    report (or to anything outside the code) keeps it resumable."""
+    import shutil
+
+    driver = tmp_path / "experiments"
+    shutil.copytree(Path(run.__file__).parent, driver)
+    monkeypatch.setattr(run, "__file__", str(driver / "run.py"))
+    before = run.code_fingerprint()
+    (driver / "report.py").write_text((driver / "report.py").read_text() + "\n# reworded\n")
+    (tmp_path / "notes.md").write_text("read after the runs")
+    assert run.code_fingerprint() == before
+    (driver / "methods.py").write_text((driver / "methods.py").read_text() + "\nX = 1\n")
+    assert run.code_fingerprint() != before

@@ -57,9 +57,9 @@ def test_every_part_runs_and_the_report_judges_every_claim(tmp_path):
     assert "DDPO's sweep (2 of 2 runs to run)" in doc
     # Each part's runs and time: 6 efficiency runs; 14 chain runs (DRaFT-1 at T=4 is the
     # efficiency part's) and 4 gradient norms; 2 sweep runs, then control and main per seed.
-    assert "efficiency (`make experiments-efficiency`) 6 of 6 runs" in doc
-    assert "chain (`make experiments-chain`) 0 of 18 runs, 0.0 h" in doc
-    assert "ddpo (`make experiments-ddpo`) 0 of 6 runs, 0.0 h" in doc
+    assert "efficiency (`make experiments-efficiency`) 6 of 6 cached" in doc
+    assert "chain (`make experiments-chain`) 0 of 18 cached, 0.0 h" in doc
+    assert "ddpo (`make experiments-ddpo`) 0 of 6 cached, 0.0 h" in doc
 
     result = run_smoke(out, figures, cache)  # the rest; the efficiency runs come from the cache
     assert result.returncode == 0, result.stderr[-3000:]
@@ -82,8 +82,8 @@ def test_every_part_runs_and_the_report_judges_every_claim(tmp_path):
         assert f"| {group}" in doc, group
     assert "red control, T=4 |" in doc
     assert "Not run yet: nothing" in doc
-    assert "chain (`make experiments-chain`) 18 of 18 runs" in doc
-    assert "ddpo (`make experiments-ddpo`) 6 of 6 runs" in doc
+    assert "chain (`make experiments-chain`) 18 of 18 cached" in doc
+    assert "ddpo (`make experiments-ddpo`) 6 of 6 cached" in doc
     pngs = sorted(p.name for p in figures.glob("*.png"))
     expected = {
         "efficiency.png",
@@ -218,3 +218,25 @@ def test_a_signal_stops_the_parts_in_one_line_with_its_exit_status(tmp_path, mon
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("stopped by SIGTERM: 1 runs finished"), lines
     assert signal.getsignal(signal.SIGTERM) == before  # the previous handler is back
+
+
+def test_one_process_at_a_time_trains_a_run(tmp_path, capsys):
+    """Parts run side by side share runs: a run another process holds is skipped, not
+    trained twice into the same checkpoint folder; the lock goes with its holder."""
+    from experiments.run_all import Cache
+    from experiments.settings import smoke
+
+    cache = Cache(tmp_path / "cache", smoke())
+    what = {"run": 1}
+    held = cache.claim("train", what)  # another process's lock (flock: per open file)
+    assert held is not None
+
+    def must_not_run(partial):
+        raise AssertionError("trained while another process holds it")
+
+    assert cache.get_or_run("train", what, must_not_run, "DRaFT-1, T=4 seed 0") is None
+    assert "DRaFT-1, T=4 seed 0: another process is training it; skipped" in capsys.readouterr().out
+    held.close()  # that process ended
+    result = cache.get_or_run("train", what, lambda partial: {"value": 1}, "DRaFT-1, T=4 seed 0")
+    assert result == {"value": 1} and cache.get("train", what) == {"value": 1}
+    assert not cache.partial("train", what).with_suffix(".lock").exists()
