@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from draft_lightning.source_commit import source_commit
+
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DRAFT_LIGHTNING_CACHE", str(ROOT / ".cache" / "draft_lightning"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -82,18 +84,7 @@ def commit() -> str:
     """The measured code's short commit hash, marked `-dirty` with uncommitted changes to
     tracked files other than docs/benchmarks.md (which `make bench` itself rewrites, table by
     table, so a run after a killed or partial one is not marked for it)."""
-    head = subprocess.run(
-        ["git", "rev-parse", "--short=7", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    )
-    if head.returncode != 0:
-        return "unknown (not a git checkout)"
-    changed = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs/benchmarks.md"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    return head.stdout.strip() + ("-dirty" if changed.stdout.strip() else "")
+    return source_commit(ROOT, not_changes=["docs/benchmarks.md"]) or "unknown (not a git checkout)"
 
 
 HEAVY = ("pytest", "lightning fit", "bench", "experiments")

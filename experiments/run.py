@@ -6,13 +6,13 @@ import base64
 import hashlib
 import logging
 import shutil
-import subprocess
 import time
 import warnings
 from pathlib import Path
 
 import torch
 
+from draft_lightning.source_commit import source_commit
 from experiments import methods
 from experiments.recorder import Recorder
 from experiments.settings import ExperimentSettings, RunSpec
@@ -37,19 +37,7 @@ REPORT_ONLY = ("report.py", "plots.py", "claims.py", "stats.py")
 def commit() -> str:
     """The code's short commit, `-dirty` with uncommitted changes to tracked files other
     than the report this command writes: recorded with every run."""
-    head = subprocess.run(
-        ["git", "rev-parse", "--short=7", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    )
-    if head.returncode != 0:
-        return "unknown (not a git checkout)"
-    changed = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no", "--", "."]
-        + [f":!{path}" for path in OUTPUTS],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    return head.stdout.strip() + ("-dirty" if changed.stdout.strip() else "")
+    return source_commit(ROOT, not_changes=OUTPUTS) or "unknown (not a git checkout)"
 
 
 def code_fingerprint() -> str:

@@ -28,6 +28,7 @@ import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 
 from draft_lightning.errors import ConfigError
+from draft_lightning.source_commit import source_commit
 from draft_lightning.toy import world
 from draft_lightning.toy.architecture import ToyArchitecture, build_unet, build_vae
 from draft_lightning.toy.classifier import (
@@ -283,7 +284,9 @@ def pretrain(
         Path(classifier_output).expanduser() if classifier_output else default_classifier_path()
     )
     judge_output = Path(judge_output).expanduser() if judge_output else default_judge_path()
-    commit = source_commit()  # the code that trains, before anything can change the checkout
+    commit = source_commit(
+        Path(__file__).parent, length=40
+    )  # the code that trains, before anything can change the checkout
     timings: dict[str, float] = {}
     reused: dict | None = None
     clock = time.perf_counter()
@@ -355,24 +358,6 @@ def pretrain(
         }
         (tmp / "quality.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
-
-
-def source_commit() -> str | None:
-    """The git commit of the code that trains (with -dirty for uncommitted changes), or None
-    outside a git checkout: shipping the result names it."""
-    import subprocess
-
-    try:
-        described = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=40"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return described.stdout.strip() or None if described.returncode == 0 else None
 
 
 def _fmt(values: dict[str, float]) -> str:
