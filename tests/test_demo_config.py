@@ -66,6 +66,11 @@ def test_demo_runs_on_the_shipped_model_and_writes_its_before_after_picture(tmp_
             "judge: colour is red",
             *(f"judge: {a} as captioned" for a in ("shape", "size", "position", "background")),
             "all",
+            "renderer: distance to a clean shape",
+            "renderer: as clean as the base's worst",
         }
         assert all(0 <= v <= 1 for v in report[model].values())
+    # The renderer's tolerance is the base model's farthest image: all of the base's pass.
+    assert report["base"]["renderer: as clean as the base's worst"] == 1.0
+    assert 0 < report["base"]["renderer: distance to a clean shape"] < 0.1
     assert "judge: colour is red" in check.stdout

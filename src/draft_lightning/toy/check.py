@@ -6,8 +6,11 @@ Reads the run's config.yaml (model, reward, sampling, validation prompts), gener
 validation prompts with `num_seeds` seeds from the base model and from the exported adapter
 (`lora/last`), and reports for each: the training reward's mean, and the judge's verdicts
 (toy/judge.py): how many images it reads as the rewarded value, and how many still show
-what their caption asks for in every other attribute. A reward that rises while the judge's
-verdicts do not is being gamed. Writes the figures to `<run>/check-<adapter folder>.json`
+what their caption asks for in every other attribute; and the renderer's reading
+(toy/shape_fit.py): the median distance to the nearest clean shape the world can render, and
+how many images are no farther from one than the base model's farthest. A reward that rises
+while the judge's verdicts do not, or while the images leave every clean shape, is being
+gamed. Writes the figures to `<run>/check-<adapter folder>.json`
 (`check-last.json`).
 """
 
@@ -23,6 +26,10 @@ from draft_lightning.errors import ConfigError
 from draft_lightning.toy import world
 from draft_lightning.toy.judge import CAPTION, ToyJudgeReward, load_judge
 from draft_lightning.toy.paths import toy_judge_path
+from draft_lightning.toy.shape_fit import nearest_shape
+
+RENDERER_DISTANCE = "renderer: distance to a clean shape"
+RENDERER_CLEAN = "renderer: as clean as the base's worst"
 
 
 def run_settings(run: Path) -> dict:
@@ -97,12 +104,21 @@ def check(
         "images": len(prompts),
         "judge": str(judge_folder),
     }
+    tolerance = None
     for label, strength in (("base", 0.0), ("tuned", 1.0)):
         module.pipeline.use_adapters(["mix_0"], [strength])
         images = module.generate(prompts, seeds)
         with torch.no_grad():
             scores = reward(images, prompts)
         report[label] = {"reward": scores.mean().item()} | judge_figures(judges, images, prompts)
+        # The renderer's reading (toy/shape_fit.py): a network judge can be fooled the way the
+        # reward is; the distance to the nearest clean shape cannot.
+        distance = nearest_shape(images).distance
+        tolerance = distance.max().item() if tolerance is None else tolerance
+        report[label] |= {
+            RENDERER_DISTANCE: distance.median().item(),
+            RENDERER_CLEAN: (distance <= tolerance).float().mean().item(),
+        }
     (run / f"check-{adapter.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
