@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from experiments import claims, plots
+from experiments import claims, ground_truth, plots
 from experiments.methods import FULL, K5, K10, LV, ONE
 from experiments.run import decode_pixels
 from experiments.stats import fmt, mean_interval
@@ -504,6 +504,42 @@ def model_name(folder: str) -> str:
         return folder
 
 
+def ground_truth_section(groups: dict) -> str:
+    table = ground_truth.rows(groups)
+    if not table:
+        return ""
+    return (
+        "### The renderer's reading (exploratory: added after the chain runs at T = 20; not "
+        "registered)\n\n"
+        "The judge is a network trained on rendered shapes, and it reads the blobs the tuned "
+        "models draw as circles. The world's ground truth is its renderer, so each stored "
+        "validation sample (8 captions x 2 seeds, base model and end) is also fitted with the "
+        "nearest clean single shape the renderer can draw: any of the three shapes, any centre "
+        "and size (a half-pixel grid, refined in eighth pixels), the two colours that fit best "
+        "(`draft_lightning/toy/shape_fit.py`). *Distance* is the root-mean-square pixel "
+        "difference to that shape (median over a run's 16 samples, mean over seeds; change "
+        "paired by seed, t 95%). A sample is a *clean shape* when it is no farther from one "
+        "than the farthest of the base model's samples (the *tolerance* column; so all of the "
+        "base model's are), and a *clean circle* when that nearest shape is a circle. The last "
+        "column checks the fit on the base model: how often its nearest shape is the one the "
+        "caption asks for. Only the final samples are stored, so this reading exists for the "
+        "end of training, not along it.\n\n"
+        + _table(
+            [
+                "runs",
+                "distance to a clean shape: base -> end",
+                "change [95%]",
+                "clean shape at the end",
+                "clean circle: base -> end",
+                "tolerance",
+                "base: fit = caption's shape",
+            ],
+            table,
+        )
+        + "\n"
+    )
+
+
 def write_report(everything: dict, out: Path, figure_folder: Path, command: str) -> None:
     s, groups = everything["settings"], everything["groups"]
     relative = os.path.relpath(figure_folder, out.parent)
@@ -567,6 +603,7 @@ def write_report(everything: dict, out: Path, figure_folder: Path, command: str)
         + "\n"
         if groups
         else "",
+        ground_truth_section(groups) if groups and s["use_toy_reward"] else "",
         "## Results\n",
         _table(
             [
