@@ -571,7 +571,9 @@ def write_report(everything: dict, out: Path, figure_folder: Path, command: str)
         + ", ".join(f"({lr:g}, {clip:g})" for lr, clip in s["ddpo_sweep"])
         + (f"; chosen: lr {choice[0]:g}, clip {choice[1]:g}" if choice else "; sweep not run")
         + ".",
-        "- Intervals: 95%, over seeds (t, Welch or percentile bootstrap as registered).\n",
+        "- Intervals: 95%, over seeds (t, Welch or percentile bootstrap as registered). A t "
+        "interval around a mean probability (reward, judge) can reach past 0 or 1 when the seeds "
+        "disagree: shown as computed, not clipped, as registered.\n",
         "## Verdicts\n",
         _table(
             ["#", "claim", "metric [95% interval]", "threshold", "verdict", "evidence"],
