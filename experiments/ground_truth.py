@@ -37,10 +37,7 @@ def reading(runs: list[dict], rewarded_shape: str = "circle") -> dict:
     tolerance = max(f.distance.max().item() for f in base)
 
     def clean(f: ShapeFit, shape: str | None = None) -> float:
-        within = f.distance <= tolerance
-        if shape is not None:
-            within &= torch.tensor([s == shape for s in f.shape])
-        return _fraction(within)
+        return _fraction(f.clean(tolerance, shape))
 
     stated = [
         [parse_caption(p)["shape"] for p in run["samples"]["base"]["prompts"]] for run in runs

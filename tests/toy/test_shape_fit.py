@@ -44,3 +44,14 @@ def test_a_blob_made_of_several_shapes_is_far_from_every_clean_shape():
 def test_images_of_another_size_are_refused():
     with pytest.raises(ValueError, match=r"expected \[N, 3, 32, 32\]"):
         nearest_shape(torch.zeros(2, 3, 64, 64))
+
+
+def test_a_flat_or_noisy_picture_shows_no_shape_however_near_it_lies():
+    flat = torch.full((3, 32, 32), 0.5)
+    noise = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    circle = painted(coverage("circle", 16, 16, 6))
+    fit = nearest_shape(torch.stack([flat, noise, circle]))
+    assert fit.shape == [None, None, "circle"]
+    assert fit.distance[0] == 0  # a flat picture is at no distance from a "shape" in its colour
+    assert fit.clean(tolerance=0.05).tolist() == [False, False, True]
+    assert fit.clean(tolerance=0.05, shape="square").tolist() == [False, False, False]

@@ -8,7 +8,8 @@ validation prompts with `num_seeds` seeds from the base model and from the expor
 (toy/judge.py): how many images it reads as the rewarded value, and how many still show
 what their caption asks for in every other attribute; and the renderer's reading
 (toy/shape_fit.py): the median distance to the nearest clean shape the world can render, and
-how many images are no farther from one than the base model's farthest. A reward that rises
+the fraction of images that show a shape no farther from a clean one than the base model's
+farthest. A reward that rises
 while the judge's verdicts do not, or while the images leave every clean shape, is being
 gamed. Writes the figures to `<run>/check-<adapter folder>.json`
 (`check-last.json`).
@@ -113,11 +114,11 @@ def check(
         report[label] = {"reward": scores.mean().item()} | judge_figures(judges, images, prompts)
         # The renderer's reading (toy/shape_fit.py): a network judge can be fooled the way the
         # reward is; the distance to the nearest clean shape cannot.
-        distance = nearest_shape(images).distance
-        tolerance = distance.max().item() if tolerance is None else tolerance
+        fit = nearest_shape(images)
+        tolerance = fit.distance.max().item() if tolerance is None else tolerance
         report[label] |= {
-            RENDERER_DISTANCE: distance.median().item(),
-            RENDERER_CLEAN: (distance <= tolerance).float().mean().item(),
+            RENDERER_DISTANCE: fit.distance.median().item(),
+            RENDERER_CLEAN: fit.clean(tolerance).float().mean().item(),
         }
     (run / f"check-{adapter.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -2,15 +2,17 @@
 
 A classifier trained on rendered shapes can be fooled by what it never saw: reward-tuned
 models draw blobs that both the reward's classifier and the independent judge read as circles.
-The world's ground truth is its renderer, so an image is compared with every clean single
-shape the renderer can draw: each of the three shapes at every centre (half-pixel steps) and
-size (half-pixel steps of the half-width), in the two colours (shape, background) that fit
-best, by least squares per channel. The distance to the nearest one says how far the image is
-from drawing one clean shape at all, and which shape that is; it never needs a threshold that
-a network learned.
+The world's ground truth is its renderer, so an image is compared with the clean single shapes
+the renderer can draw: each of the three shapes with its centre at x 6-26 px and y 10-22 px
+and half-width 3.5-10 px (the world's positions, sizes and jitter with room to spare; a
+half-pixel grid, refined in eighth pixels around the best), in the two colours (shape,
+background) that fit best by least squares per channel. The distance to the nearest one says
+how far the image is from drawing one clean shape, and which shape that is; no threshold is
+learned by a network.
 
-Colours are fitted without bounds, which can only bring a blob closer to some shape: the
-measure errs towards calling a blob a shape, never the other way.
+Colours are fitted without bounds, which can only bring a blob closer to some shape. A shape
+beyond the ranges above counts as far from every clean shape, and an image that the best
+shape explains less than half of (a flat or noisy picture) shows no shape at all.
 """
 
 from __future__ import annotations
@@ -26,16 +28,27 @@ from draft_lightning.toy import world
 CENTRES_X = np.arange(6.0, 26.01, 0.5)  # pixels, at 32 px: the world's left..right +- jitter
 CENTRES_Y = np.arange(10.0, 22.01, 0.5)
 HALF_WIDTHS = np.arange(3.5, 10.01, 0.5)  # small 5 and large 8, +-10% scale, and beyond
+# Below this fraction of the image's variance explained by the best shape, it shows none: a
+# flat image is at distance 0 from every "shape" of the background's colour.
+MIN_EXPLAINED = 0.5
 
 
 @dataclass(frozen=True)
 class ShapeFit:
-    """Per image: the nearest clean shape, and the root-mean-square distance (0..1 pixel
-    values) to the nearest of each shape and to the nearest of all."""
+    """Per image: the nearest clean shape (None: no shape), the root-mean-square distance
+    (0..1 pixel values) to the nearest of each shape and to the nearest of all, and the
+    fraction of the image's variance the nearest explains."""
 
-    shape: list[str]
+    shape: list[str | None]
     distance: torch.Tensor  # [N]
     distance_to: dict[str, torch.Tensor]  # shape -> [N]
+    explained: torch.Tensor  # [N]
+
+    def clean(self, tolerance: float, shape: str | None = None) -> torch.Tensor:
+        """[N] bool: the image shows a shape (`shape`, if given) no farther than
+        `tolerance` from a clean one."""
+        shows = [s is not None and (shape is None or s == shape) for s in self.shape]
+        return torch.tensor(shows, dtype=torch.bool) & (self.distance <= tolerance)
 
 
 def _centred_coverage(shape: str, placements: torch.Tensor) -> torch.Tensor:
@@ -101,4 +114,11 @@ def nearest_shape(images: torch.Tensor) -> ShapeFit:
         distance_to[shape] = (torch.stack(best) / count).sqrt()
     stacked = torch.stack([distance_to[s] for s in world.SHAPES], dim=1)
     distance, index = stacked.min(dim=1)
-    return ShapeFit([world.SHAPES[i] for i in index.tolist()], distance, distance_to)
+    variance = total.sum(dim=1)
+    residual = distance.pow(2) * count
+    explained = torch.where(variance > 0, 1 - residual / variance.clamp(min=1e-12), 0.0)
+    shapes = [
+        world.SHAPES[i] if share >= MIN_EXPLAINED else None
+        for i, share in zip(index.tolist(), explained.tolist(), strict=True)
+    ]
+    return ShapeFit(shapes, distance, distance_to, explained)
