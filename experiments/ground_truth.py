@@ -23,6 +23,22 @@ def fit(samples: dict) -> ShapeFit:
     return nearest_shape(decode_pixels(samples).float() / 255)
 
 
+def grid_notes(rows: dict[str, torch.Tensor], tolerance: float) -> dict[str, list]:
+    """Per row of a sample grid (uint8 images): each image's nearest clean shape and distance,
+    flagged clean or not against `tolerance`."""
+    notes = {}
+    for name, images in rows.items():
+        fitted = nearest_shape(images.float() / 255)
+        clean = fitted.clean(tolerance).tolist()
+        notes[name] = [
+            (f"{shape or 'no shape'} {distance:.3f}", ok)
+            for shape, distance, ok in zip(
+                fitted.shape, fitted.distance.tolist(), clean, strict=True
+            )
+        ]
+    return notes
+
+
 def _fraction(hits: torch.Tensor) -> float:
     return hits.float().mean().item()
 

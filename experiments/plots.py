@@ -109,14 +109,20 @@ def diversity(points: dict[str, list[tuple[float, float]]], path: Path) -> Path:
     return _save(fig, path)
 
 
-def sample_grid(rows: dict[str, object], captions: list[str], path: Path) -> Path:
-    """One row of images per method (uint8 [N, 3, H, W]), one column per caption."""
+def sample_grid(
+    rows: dict[str, object],
+    captions: list[str],
+    path: Path,
+    notes: dict[str, list[tuple[str, bool]]] | None = None,
+) -> Path:
+    """One row of images per method (uint8 [N, 3, H, W]), one column per caption; `notes`
+    puts a line under a row's images, green where its flag is True, red where False."""
     plt = _pyplot()
     columns = len(captions)
     fig, axes = plt.subplots(
         len(rows),
         columns,
-        figsize=(1.1 * columns + 1.8, 1.15 * len(rows) + 0.9),
+        figsize=(1.1 * columns + 1.8, (1.3 if notes else 1.15) * len(rows) + 0.9),
         dpi=110,
         squeeze=False,
     )
@@ -130,6 +136,9 @@ def sample_grid(rows: dict[str, object], captions: list[str], path: Path) -> Pat
                 ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
             if r == 0:
                 ax.set_title(_wrap(captions[c]), fontsize=5)
+            if notes and label in notes:
+                text, good = notes[label][c]
+                ax.set_xlabel(text, fontsize=5, color="tab:green" if good else "tab:red")
     return _save(fig, path)
 
 

@@ -398,7 +398,12 @@ def figures(everything: dict, folder: Path) -> dict[str, Path]:
         for name, runs in main.items():
             rows[name] = decode_pixels(runs[0]["samples"]["final"])[columns]
         paths["samples"] = plots.sample_grid(
-            rows, [first["base"]["prompts"][c] for c in columns], folder / "samples.png"
+            rows,
+            [first["base"]["prompts"][c] for c in columns],
+            folder / "samples.png",
+            ground_truth.grid_notes(rows, ground_truth.fit(first["base"]).distance.max().item())
+            if s["use_toy_reward"]
+            else None,
         )
     if control:
         runs = next(iter(control.values()))
@@ -638,6 +643,11 @@ def write_report(everything: dict, out: Path, figure_folder: Path, command: str)
         figure(
             "samples",
             "The same captions and seeds (validation seed 0): base model and each "
+            "method's final adapter (seed 0 run). Under each image, the renderer's reading: its "
+            "nearest clean shape and the distance to it; green: a clean shape (within the base "
+            "model's farthest), red: not."
+            if s["use_toy_reward"]
+            else "The same captions and seeds (validation seed 0): base model and each "
             "method's final adapter (seed 0 run).",
         ),
         figure("efficiency", "Validation reward and judge against optimiser steps (95% bands)."),

@@ -60,3 +60,12 @@ def test_the_renderer_reads_circles_as_circles_and_smudges_as_no_clean_shape():
 
     rows = ground_truth.rows({"tuned": [run(smudges), run(smudges)], "red control": []})
     assert len(rows) == 1 and rows[0][0] == "tuned" and rows[0][3] == "0%"
+
+
+def test_the_sample_grid_notes_each_image_with_its_nearest_shape_and_whether_it_is_clean():
+    circle = world.render([world.Scene("circle", "red", "large", "middle", "white")])
+    images = (torch.cat([circle, smudged(SCENES[1])[None]]) * 255).round().to(torch.uint8)
+    notes = ground_truth.grid_notes({"tuned": images}, tolerance=0.05)
+    (circle_text, circle_clean), (smudge_text, smudge_clean) = notes["tuned"]
+    assert circle_text.startswith("circle 0.0") and circle_clean
+    assert not smudge_clean and float(smudge_text.split()[-1]) > 0.05
