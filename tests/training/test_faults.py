@@ -571,17 +571,28 @@ def test_stale_temporaries_of_killed_writes_are_removed(tmp_path):
     assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)
 
 
-def test_after_the_run_a_leftover_handler_behaves_as_the_one_it_replaced():
+@pytest.mark.parametrize("replaced", ["python's default", "ignored"])
+def test_after_the_run_a_leftover_handler_behaves_as_the_one_it_replaced(replaced):
     import signal
 
     from draft_lightning.training.stop_signals import StopOnSignal
 
-    stop = StopOnSignal()
-    stop.active = True
-    stop._install()  # as in a run; Lightning's teardown may leave it installed afterwards
-    stop._restore()
-    signal.signal(signal.SIGINT, stop._handler)
-    with pytest.raises(KeyboardInterrupt):  # Ctrl+C works again, e.g. in a notebook
-        os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    assert stop.received is None
+    # What the run replaced is whatever the process started with: Python's KeyboardInterrupt,
+    # or SIG_IGN where a shell started it in the background (nohup, `cmd &` in a script).
+    before = signal.SIG_IGN if replaced == "ignored" else signal.default_int_handler
+    inherited = signal.signal(signal.SIGINT, before)
+    try:
+        stop = StopOnSignal()
+        stop.active = True
+        stop._install()  # as in a run; Lightning's teardown may leave it installed afterwards
+        stop._restore()
+        signal.signal(signal.SIGINT, stop._handler)
+        if replaced == "ignored":
+            os.kill(os.getpid(), signal.SIGINT)  # ignored, as before the run
+        else:
+            with pytest.raises(KeyboardInterrupt):  # Ctrl+C works again, e.g. in a notebook
+                os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is before
+        assert stop.received is None
+    finally:
+        signal.signal(signal.SIGINT, inherited)
