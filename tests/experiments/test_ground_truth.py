@@ -58,8 +58,10 @@ def test_the_renderer_reads_circles_as_circles_and_smudges_as_no_clean_shape():
     assert change[1] > 0.03, change  # farther from any clean shape, the whole interval
     assert abs(to_circles["distance_change"][0]) < 0.01
 
-    rows = ground_truth.rows({"tuned": [run(smudges), run(smudges)], "red control": []})
-    assert len(rows) == 1 and rows[0][0] == "tuned" and rows[0][3] == "0%"
+    rows = ground_truth.rows({"tuned": [run(smudges)] * 2, "DDPO, red control": [run(circles)]})
+    assert [row[0] for row in rows] == ["tuned", "DDPO, red control"]
+    assert rows[0][3] == "0%" and rows[0][4] == "33% -> 0%"
+    assert rows[1][3] == "100%" and rows[1][4] == "(rewards red)"  # its shapes stay clean
 
 
 def test_the_sample_grid_notes_each_image_with_its_nearest_shape_and_whether_it_is_clean():
