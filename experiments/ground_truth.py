@@ -46,8 +46,9 @@ def _fraction(hits: torch.Tensor) -> float:
 def reading(runs: list[dict], rewarded_shape: str = "circle") -> dict:
     """For runs of one method: the median distance to the nearest clean shape per run (base
     and end, and the paired interval of the change), the tolerance taken from the base
-    model's samples, and the fractions of samples that are a clean shape, a clean rewarded
-    shape, and (base model only, to show the fit reads shapes) the caption's shape."""
+    model's samples, the fractions of final samples that are a clean shape and of base and
+    final samples that are a clean rewarded shape, and (base model only, to show the fit
+    reads shapes) how often the nearest shape is the caption's."""
     base = [fit(run["samples"]["base"]) for run in runs]
     final = [fit(run["samples"]["final"]) for run in runs]
     tolerance = max(f.distance.max().item() for f in base)
@@ -65,7 +66,6 @@ def reading(runs: list[dict], rewarded_shape: str = "circle") -> dict:
         "distance_base": statistics.fmean(base_median),
         "distance_final": statistics.fmean(final_median),
         "distance_change": paired_interval(final_median, base_median),
-        "clean_base": statistics.fmean(clean(f) for f in base),
         "clean_final": statistics.fmean(clean(f) for f in final),
         "rewarded_base": statistics.fmean(clean(f, rewarded_shape) for f in base),
         "rewarded_final": statistics.fmean(clean(f, rewarded_shape) for f in final),

@@ -9,9 +9,8 @@ validation prompts with `num_seeds` seeds from the base model and from the expor
 what their caption asks for in every other attribute; and the renderer's reading
 (toy/shape_fit.py): the median distance to the nearest clean shape the world can render, and
 the fraction of images that show a shape no farther from a clean one than the base model's
-farthest. A reward that rises
-while the judge's verdicts do not, or while the images leave every clean shape, is being
-gamed. Writes the figures to `<run>/check-<adapter folder>.json`
+farthest. A reward that rises while the judge's verdicts do not, or while the images leave
+every clean shape, is being gamed. Writes the figures to `<run>/check-<adapter folder>.json`
 (`check-last.json`).
 """
 

@@ -284,9 +284,8 @@ def pretrain(
         Path(classifier_output).expanduser() if classifier_output else default_classifier_path()
     )
     judge_output = Path(judge_output).expanduser() if judge_output else default_judge_path()
-    commit = source_commit(
-        Path(__file__).parent, length=40
-    )  # the code that trains, before anything can change the checkout
+    # The code that trains, read before anything can change the checkout.
+    commit = source_commit(Path(__file__).parent, length=40)
     timings: dict[str, float] = {}
     reused: dict | None = None
     clock = time.perf_counter()
