@@ -13,6 +13,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
+
 from experiments import claims, ground_truth, plots
 from experiments.methods import FULL, K5, K10, LV, ONE
 from experiments.run import decode_pixels
@@ -394,16 +396,14 @@ def figures(everything: dict, folder: Path) -> dict[str, Path]:
         first = next(iter(main.values()))[0]["samples"]
         per_seed = s["num_val_seeds"]
         columns = list(range(0, len(first["base"]["prompts"]), per_seed))  # validation seed 0
-        rows = {"base model": decode_pixels(first["base"])[columns]}
-        for name, runs in main.items():
-            rows[name] = decode_pixels(runs[0]["samples"]["final"])[columns]
+        rows, tolerances = sample_rows(main, columns)
+        notes = None
+        if s["use_toy_reward"]:
+            notes = {}
+            for name, images in rows.items():
+                notes |= ground_truth.grid_notes({name: images}, tolerances[name])
         paths["samples"] = plots.sample_grid(
-            rows,
-            [first["base"]["prompts"][c] for c in columns],
-            folder / "samples.png",
-            ground_truth.grid_notes(rows, ground_truth.fit(first["base"]).distance.max().item())
-            if s["use_toy_reward"]
-            else None,
+            rows, [first["base"]["prompts"][c] for c in columns], folder / "samples.png", notes
         )
     if control:
         runs = next(iter(control.values()))
@@ -413,6 +413,32 @@ def figures(everything: dict, folder: Path) -> dict[str, Path]:
             rows, first["base"]["prompts"], folder / "samples_red_control.png"
         )
     return paths
+
+
+def sample_rows(
+    groups: dict[str, list[dict]], columns: list[int]
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """The sample grid's rows (uint8 images at `columns`): the base model, then each method's
+    final samples from its seed-0 run. Methods whose base-model samples differ from the row
+    shown last (T = 50 against T = 20; DDPO samples with eta 1, the others deterministically)
+    get their own base-model row above them, so each tuned image sits below the base image
+    it started from. Each row's tolerance for the renderer's marks is the farthest of its
+    base's samples."""
+    rows: dict[str, torch.Tensor] = {}
+    tolerances: dict[str, float] = {}
+    shown_base = None
+    for name, runs in groups.items():
+        samples = runs[0]["samples"]
+        base = decode_pixels(samples["base"])
+        if shown_base is None or not torch.equal(base, shown_base):
+            title = "base model" if shown_base is None else f"base model,\nas {name} samples"
+            rows[title] = base[columns]
+            tolerance = ground_truth.fit(samples["base"]).distance.max().item()
+            tolerances[title] = tolerance
+            shown_base = base
+        rows[name] = decode_pixels(samples["final"])[columns]
+        tolerances[name] = tolerance
+    return rows, tolerances
 
 
 def provenance(everything: dict) -> list[str]:
@@ -644,12 +670,15 @@ def write_report(everything: dict, out: Path, figure_folder: Path, command: str)
         figure(
             "samples",
             "The same captions and seeds (validation seed 0): base model and each "
-            "method's final adapter (seed 0 run). Under each image, the renderer's reading: its "
-            "nearest clean shape and the distance to it; green: a clean shape (within the base "
-            "model's farthest), red: not."
-            if s["use_toy_reward"]
-            else "The same captions and seeds (validation seed 0): base model and each "
-            "method's final adapter (seed 0 run).",
+            "method's final adapter (seed 0 run); methods that sample differently (T = 50; "
+            "DDPO: eta 1) have their own base-model row above them."
+            + (
+                " Under each image, the renderer's reading: its nearest clean shape and the "
+                "distance to it; green: a clean shape (within the farthest of its base row's "
+                "samples), red: not."
+                if s["use_toy_reward"]
+                else ""
+            ),
         ),
         figure("efficiency", "Validation reward and judge against optimiser steps (95% bands)."),
         figure(f"chain{s['num_steps']}", f"K and full backpropagation at T = {s['num_steps']}."),
