@@ -12,6 +12,9 @@ import torch
 
 from experiments.settings import ExperimentSettings, RunSpec
 
+DDPO_ETA = 1.0  # DDPO needs a stochastic sampler: eta 1, as in its paper
+DDPO_UPDATES_PER_BATCH = 2  # PPO updates on each batch of trajectories
+
 ONE, LV, FULL, DDPO = "DRaFT-1", "DRaFT-LV (n=2)", "full DRaFT", "DDPO"
 K5, K10 = "DRaFT-K (K=5)", "DRaFT-K (K=10)"
 ALIGNPROP, REFL = "AlignProp (K~U[1..T])", "ReFL"
@@ -38,15 +41,14 @@ def module_options(settings: ExperimentSettings, spec: RunSpec) -> dict:
 
     if spec.ddpo:
         return {
-            # DDPO needs a stochastic sampler: eta 1, as in its paper.
             "sampling": SamplingSettings(
-                spec.num_steps, settings.guidance_scale, 1.0, settings.resolution
+                spec.num_steps, settings.guidance_scale, DDPO_ETA, settings.resolution
             ),
             "optimizer": lambda params: torch.optim.AdamW(
                 params, lr=spec.ddpo_lr, weight_decay=1e-4
             ),
             "clip_range": spec.ddpo_clip,
-            "updates_per_batch": 2,
+            "updates_per_batch": DDPO_UPDATES_PER_BATCH,
         }
     options = {"estimator": estimators()[spec.method](spec.num_steps)}
     if spec.kl_coeff:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from experiments import claims, ground_truth, plots
-from experiments.methods import FULL, K5, K10, LV, ONE
+from experiments.methods import DDPO_ETA, DDPO_UPDATES_PER_BATCH, FULL, K5, K10, LV, ONE
 from experiments.run import decode_pixels
 from experiments.stats import fmt, mean_interval
 
@@ -441,6 +441,20 @@ def sample_rows(
     return rows, tolerances
 
 
+def sweep_gains(sweep: dict[str, dict | None], settings: list) -> str:
+    """'(lr, clip) gain' for each of DDPO's sweep settings, in the plan's order (the sweep's
+    runs are listed in the same order as its settings)."""
+    parts = []
+    for (lr, clip), result in zip(settings, sweep.values(), strict=True):
+        gain = (
+            "not run"
+            if result is None
+            else f"{result['val'][-1]['reward'] - result['val'][0]['reward']:+.3f}"
+        )
+        parts.append(f"({lr:g}, {clip:g}) {gain}")
+    return ", ".join(parts)
+
+
 def provenance(everything: dict) -> list[str]:
     """When and on what the runs ran, against the registration."""
     runs = [r for runs in everything["groups"].values() for r in runs]
@@ -601,9 +615,16 @@ def write_report(everything: dict, out: Path, figure_folder: Path, command: str)
         f"1.0, batch {s['batch_size']}, {s['gradient_steps']} optimiser steps, evaluated every "
         f"{s['val_every']} steps on {s['num_val_prompts']} captions x {s['num_val_seeds']} seeds; "
         f"seeds {', '.join(map(str, s['seeds']))}.",
-        f"- DDPO: batches of {s['ddpo_batch_size']}, sweep over (lr, clip) "
-        + ", ".join(f"({lr:g}, {clip:g})" for lr, clip in s["ddpo_sweep"])
-        + (f"; chosen: lr {choice[0]:g}, clip {choice[1]:g}" if choice else "; sweep not run")
+        f"- DDPO: eta {DDPO_ETA:g}, batches of {s['ddpo_batch_size']} trajectories, "
+        f"{DDPO_UPDATES_PER_BATCH} PPO updates per batch; sweep on the main task (seed "
+        f"{s['ddpo_sweep_seed']}, {s['ddpo_sweep_batches']} batches) over (lr, clip range), "
+        "with each setting's final validation reward gain: "
+        + sweep_gains(everything["sweep"], s["ddpo_sweep"])
+        + (
+            f"; chosen as registered (the highest gain): lr {choice[0]:g}, clip {choice[1]:g}"
+            if choice
+            else "; sweep not complete"
+        )
         + ".",
         "- Intervals: 95%, over seeds (t, Welch or percentile bootstrap as registered). A t "
         "interval around a mean probability (reward, judge) can reach past 0 or 1 when the seeds "

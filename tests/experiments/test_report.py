@@ -51,3 +51,17 @@ def test_a_method_that_samples_the_base_model_differently_gets_its_own_base_row_
     assert rows["DRaFT-1, T=20"].shape == (2, 3, 32, 32)
     assert set(tolerances) == set(rows)
     assert all(0 < t < 0.05 for t in tolerances.values())  # clean renders: near-exact fits
+
+
+def test_the_setup_names_each_ddpo_sweep_setting_with_its_gain_in_the_plans_order():
+    def result(start: float, end: float) -> dict:
+        return {"val": [{"reward": start}, {"reward": end}]}
+
+    sweep = {
+        "DDPO (lr 0.0003, clip 0.0001)": result(0.2, 0.15),
+        "DDPO (lr 0.003, clip 0.001)": None,
+    }
+    assert (
+        report.sweep_gains(sweep, [(3e-4, 1e-4), (3e-3, 1e-3)])
+        == "(0.0003, 0.0001) -0.050, (0.003, 0.001) not run"
+    )
