@@ -419,25 +419,27 @@ def sample_rows(
     groups: dict[str, list[dict]], columns: list[int]
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """The sample grid's rows (uint8 images at `columns`): the base model, then each method's
-    final samples from its seed-0 run. Methods whose base-model samples differ from the row
-    shown last (T = 50 against T = 20; DDPO samples with eta 1, the others deterministically)
-    get their own base-model row above them, so each tuned image sits below the base image
-    it started from. Each row's tolerance for the renderer's marks is the farthest of its
-    base's samples."""
+    final samples from its seed-0 run. Methods whose base-model samples differ from the base
+    row shown last (T = 50 against T = 20; DDPO samples with eta 1, the others
+    deterministically) get their own base-model row above them, so each tuned image sits
+    below the base image it started from. Each row's tolerance for the renderer's marks is
+    the farthest of its base's samples."""
     rows: dict[str, torch.Tensor] = {}
     tolerances: dict[str, float] = {}
-    shown_base = None
+    shown_base, base_tolerance = None, 0.0
     for name, runs in groups.items():
         samples = runs[0]["samples"]
         base = decode_pixels(samples["base"])
         if shown_base is None or not torch.equal(base, shown_base):
-            title = "base model" if shown_base is None else f"base model,\nas {name} samples"
-            rows[title] = base[columns]
-            tolerance = ground_truth.fit(samples["base"]).distance.max().item()
-            tolerances[title] = tolerance
             shown_base = base
+            base_tolerance = ground_truth.fit(samples["base"]).distance.max().item()
+            title = "base model" if not rows else "base model,\nsampled as the rows below"
+            # the rows are a dict: a repeated title gets trailing spaces, which do not show
+            title += " " * sum(key.rstrip() == title for key in rows)
+            rows[title] = base[columns]
+            tolerances[title] = base_tolerance
         rows[name] = decode_pixels(samples["final"])[columns]
-        tolerances[name] = tolerance
+        tolerances[name] = base_tolerance
     return rows, tolerances
 
 
@@ -691,8 +693,8 @@ def write_report(everything: dict, out: Path, figure_folder: Path, command: str)
         figure(
             "samples",
             "The same captions and seeds (validation seed 0): base model and each "
-            "method's final adapter (seed 0 run); methods that sample differently (T = 50; "
-            "DDPO: eta 1) have their own base-model row above them."
+            "method's final adapter (seed 0 run); a method that samples otherwise than the "
+            "base row above it (another T; DDPO: eta 1) gets its own base-model row."
             + (
                 " Under each image, the renderer's reading: its nearest clean shape and the "
                 "distance to it; green: a clean shape (within the farthest of its base row's "

@@ -28,29 +28,44 @@ def group(base: torch.Tensor, final: torch.Tensor) -> list[dict]:
 
 
 def test_a_method_that_samples_the_base_model_differently_gets_its_own_base_row_above_it():
-    deterministic = world.render(SCENES)
-    stochastic = deterministic.flip(-1)  # the same scenes drawn otherwise: another sampler
+    clean = world.render(SCENES)
+    generator = torch.Generator().manual_seed(0)
+    noisy = clean + 0.08 * torch.randn(clean.shape, generator=generator)  # another sampler
+    mirrored = clean.flip(-1)  # the same scenes drawn otherwise: a third sampler
     tuned = world.render([world.Scene("circle", "blue", "large", "middle", "white")] * 4)
     groups = {
-        "DRaFT-1, T=20": group(deterministic, tuned),
-        "full DRaFT, T=20": group(deterministic, tuned),
-        "DDPO (lr 0.003, clip 0.001), T=20": group(stochastic, tuned.flip(-1)),
+        "DRaFT-1, T=20": group(clean, tuned),
+        "full DRaFT, T=20": group(clean, tuned),
+        "DRaFT-1, T=50": group(noisy, tuned),
+        "DRaFT-LV, T=20": group(clean, tuned),  # back to the first sampler: its row again
+        "DDPO, T=20": group(mirrored, tuned.flip(-1)),
     }
 
     rows, tolerances = report.sample_rows(groups, columns=[0, 2])
 
+    later = "base model,\nsampled as the rows below"
     assert list(rows) == [
         "base model",
         "DRaFT-1, T=20",
         "full DRaFT, T=20",
-        "base model,\nas DDPO (lr 0.003, clip 0.001), T=20 samples",
-        "DDPO (lr 0.003, clip 0.001), T=20",
+        later,
+        "DRaFT-1, T=50",
+        later + " ",
+        "DRaFT-LV, T=20",
+        later + "  ",
+        "DDPO, T=20",
     ]
-    expected = (stochastic[[0, 2]] * 255).round().to(torch.uint8)
-    assert torch.equal(rows["base model,\nas DDPO (lr 0.003, clip 0.001), T=20 samples"], expected)
+    pixels = (mirrored[[0, 2]] * 255).round().to(torch.uint8)
+    assert torch.equal(rows[later + "  "], pixels)
+    assert torch.equal(rows[later + " "], rows["base model"])
     assert rows["DRaFT-1, T=20"].shape == (2, 3, 32, 32)
-    assert set(tolerances) == set(rows)
-    assert all(0 < t < 0.05 for t in tolerances.values())  # clean renders: near-exact fits
+    # each row is read against the farthest sample of the base row it sits under
+    first, second = tolerances["base model"], tolerances[later]
+    assert second > first + 0.02, (first, second)
+    assert tolerances["DRaFT-1, T=20"] == tolerances["full DRaFT, T=20"] == first
+    assert tolerances["DRaFT-1, T=50"] == second
+    assert tolerances["DRaFT-LV, T=20"] == first
+    assert tolerances["DDPO, T=20"] == tolerances[later + "  "] < second
 
 
 def test_the_setup_names_each_ddpo_sweep_setting_with_its_gain_in_the_plans_order():
