@@ -507,11 +507,12 @@ def part_line(parts: dict[str, dict]) -> str:
         for part, t in parts.items()
     ]
     total = sum(t["seconds"] for t in parts.values()) / 3600
+    complete = all(t["cached"] == t["planned"] for t in parts.values())
     return (
         "- Time per part (training runs and, in the chain part, gradient-norm measurements; "
         "the wall time of the training runs as they ran on this machine, beside whatever else "
-        f"ran then): {'; '.join(described)}. {total:.1f} h so far, so the plan is split into "
-        "these targets, each resumable."
+        f"ran then): {'; '.join(described)}. {total:.1f} h {'in all' if complete else 'so far'}"
+        ", so the plan is split into these targets, each resumable."
     )
 
 

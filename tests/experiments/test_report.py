@@ -80,3 +80,11 @@ def test_the_setup_names_each_ddpo_sweep_setting_with_its_gain_in_the_plans_orde
         report.sweep_gains(sweep, [(3e-4, 1e-4), (3e-3, 1e-3)])
         == "(0.0003, 0.0001) -0.050, (0.003, 0.001) not run"
     )
+
+
+def test_the_time_per_part_says_so_far_until_every_planned_run_is_cached():
+    done = {"cached": 15, "planned": 15, "seconds": 5400}
+    running = {"cached": 10, "planned": 14, "seconds": 18000}
+    assert "6.5 h so far," in report.part_line({"efficiency": done, "ddpo": running})
+    complete = report.part_line({"efficiency": done, "ddpo": {**running, "cached": 14}})
+    assert "6.5 h in all," in complete and "ddpo (`make experiments-ddpo`) 14 of 14" in complete
