@@ -14,6 +14,7 @@ from experiments.settings import ExperimentSettings, RunSpec
 
 DDPO_ETA = 1.0  # DDPO needs a stochastic sampler: eta 1, as in its paper
 DDPO_UPDATES_PER_BATCH = 2  # PPO updates on each batch of trajectories
+DDPO_STAT_MIN_COUNT = 16  # rewards a caption needs before its own statistics are used
 
 ONE, LV, FULL, DDPO = "DRaFT-1", "DRaFT-LV (n=2)", "full DRaFT", "DDPO"
 K5, K10 = "DRaFT-K (K=5)", "DRaFT-K (K=10)"
@@ -49,6 +50,7 @@ def module_options(settings: ExperimentSettings, spec: RunSpec) -> dict:
             ),
             "clip_range": spec.ddpo_clip,
             "updates_per_batch": DDPO_UPDATES_PER_BATCH,
+            "stat_min_count": DDPO_STAT_MIN_COUNT,
         }
     options = {"estimator": estimators()[spec.method](spec.num_steps)}
     if spec.kl_coeff:

@@ -16,7 +16,16 @@ from pathlib import Path
 import torch
 
 from experiments import claims, ground_truth, plots
-from experiments.methods import DDPO_ETA, DDPO_UPDATES_PER_BATCH, FULL, K5, K10, LV, ONE
+from experiments.methods import (
+    DDPO_ETA,
+    DDPO_STAT_MIN_COUNT,
+    DDPO_UPDATES_PER_BATCH,
+    FULL,
+    K5,
+    K10,
+    LV,
+    ONE,
+)
 from experiments.run import decode_pixels
 from experiments.stats import fmt, mean_interval
 
@@ -619,7 +628,8 @@ def write_report(everything: dict, out: Path, figure_folder: Path, command: str)
         f"{s['val_every']} steps on {s['num_val_prompts']} captions x {s['num_val_seeds']} seeds; "
         f"seeds {', '.join(map(str, s['seeds']))}.",
         f"- DDPO: eta {DDPO_ETA:g}, batches of {s['ddpo_batch_size']} trajectories, "
-        f"{DDPO_UPDATES_PER_BATCH} PPO updates per batch; sweep on the main task (seed "
+        f"{DDPO_UPDATES_PER_BATCH} PPO updates per batch, per-caption reward statistics once a "
+        f"caption has {DDPO_STAT_MIN_COUNT} rewards; sweep on the main task (seed "
         f"{s['ddpo_sweep_seed']}, {s['ddpo_sweep_batches']} batches) over (lr, clip range), "
         "with each setting's final validation reward gain: "
         + sweep_gains(everything["sweep"], s["ddpo_sweep"])
