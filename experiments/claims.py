@@ -55,6 +55,11 @@ def base_values(runs: list[dict], y: str = "reward") -> list[float]:
     return [run["val"][0][y] for run in runs]
 
 
+def reward_gain(run: dict) -> float:
+    """A run's final validation reward minus its step-0 reward (DDPO's sweep is chosen by it)."""
+    return run["val"][-1]["reward"] - run["val"][0]["reward"]
+
+
 def seconds_per_step(runs: list[dict]) -> float:
     """Median over seeds of training seconds per optimiser step (evaluation excluded)."""
     return statistics.median(

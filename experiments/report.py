@@ -457,11 +457,7 @@ def sweep_gains(sweep: dict[str, dict | None], settings: list) -> str:
     runs are listed in the same order as its settings)."""
     parts = []
     for (lr, clip), result in zip(settings, sweep.values(), strict=True):
-        gain = (
-            "not run"
-            if result is None
-            else f"{result['val'][-1]['reward'] - result['val'][0]['reward']:+.3f}"
-        )
+        gain = "not run" if result is None else f"{claims.reward_gain(result):+.3f}"
         parts.append(f"({lr:g}, {clip:g}) {gain}")
     return ", ".join(parts)
 

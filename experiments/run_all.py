@@ -26,7 +26,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import IO
 
-from experiments import plan
+from experiments import claims, plan
 from experiments.methods import check_extra
 from experiments.settings import ExperimentSettings, RunSpec, smoke
 
@@ -174,9 +174,7 @@ def sweep_choice(settings: ExperimentSettings, cache: Cache) -> tuple[float, flo
         result = cache.get("train", spec_key(spec))
         if result is None:
             return None
-        gains[(spec.ddpo_lr, spec.ddpo_clip)] = (
-            result["val"][-1]["reward"] - result["val"][0]["reward"]
-        )
+        gains[(spec.ddpo_lr, spec.ddpo_clip)] = claims.reward_gain(result)
     return max(gains, key=gains.get)
 
 
