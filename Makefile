@@ -16,8 +16,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
+# Two pytest-xdist workers, whole files to each (a file's module fixtures are built once):
+# most slow tests are one-thread CLI subprocesses, so one worker alone leaves a core idle.
+# TEST_WORKERS=0 runs every test in one process.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 # DRaFT-LV on the toy model shipped in the package (no `make toy` needed): shapes whose prompt
 # leaves the colour open become red. Ends with runs/demo/version_N/comparison.png (before/after).

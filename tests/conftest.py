@@ -15,6 +15,11 @@ TEST_PATH = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("P
 os.environ.setdefault("DRAFT_LIGHTNING_CACHE", str(ROOT / ".cache" / "draft_lightning"))
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Under pytest-xdist (`make test` runs two workers on a 2-core machine) each worker computes
+# on one thread: two workers of two OpenMP threads each would oversubscribe the cores, and
+# spin-waiting threads then run many times slower. Set before anything imports torch.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
